@@ -1,0 +1,400 @@
+"""Rank allocation from sensitivity metrics: fusion, then Scaled or Progressive Rank Allocation.
+
+Fusion weight of a metric S over all adapted matrices:  c(S) = std(S) / mean(S)^2   ("cv", the paper's)
+                                                    or c(S) = 0.5 / mean(S)          ("equal", its ablation)
+A metric with mean 0 or std 0 carries no information and gets weight 0.
+
+    S_local(w) = c(S_topk) * S_topk(w) + c(S_eff) * S_eff(w)
+    theta(w)   = c(S_global) * S_global(w) + c(S_local) * S_local(w)
+
+SRA (the paper's):  r(w) = theta(w) / sum(theta) * r_total, r_total = avg_rank * number of matrices.
+PRA (its ablation): sort by theta, split into C groups, ranks step down by one around the average.
+
+Open points resolved here: ranks are clipped to [min_rank, max_rank] with the excess re-spread over the
+others (water-filling), then made integer by largest-remainder rounding so that the budget is met exactly;
+ties go to the more sensitive module, then to the module name. With `budget_unit="params"` one rank of
+module w costs d_in + d_out parameters and the budget is uniform LoRA's parameter count; integer ranks
+then meet it as closely as possible from below. Pure Python: no model and no torch needed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from senslora.metrics import ModuleSensitivity
+
+SCHEMES = ("sra", "pra")
+BUDGET_UNITS = ("rank", "params")
+WEIGHTINGS = ("cv", "equal")
+METRIC_GROUPS = ("global", "local")
+RANKS_FORMAT = "senslora.ranks/1"
+
+# A module holding more than this share of the budget (and more than 4x the average share) triggers
+# a DominanceWarning.
+DEFAULT_DOMINANCE_SHARE = 0.25
+
+
+class DominanceWarning(UserWarning):
+    """One module takes a large share of the whole rank budget."""
+
+
+def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def fusion_weight(values: Sequence[float], weighting: str = "cv") -> float:
+    """c(S) = std(S) / mean(S)^2 for "cv", 0.5 / mean(S) for "equal"; 0 if mean or std is 0.
+
+    std is the population standard deviation over all adapted matrices.
+    """
+    _check_choice("weighting", weighting, WEIGHTINGS)
+    mean = statistics.fmean(values)
+    std = statistics.pstdev(values, mu=mean)
+    if mean == 0.0 or std <= 1e-12 * abs(mean):
+        return 0.0
+    return std / mean**2 if weighting == "cv" else 0.5 / mean
+
+
+def fuse_scores(
+    sensitivities: Mapping[str, ModuleSensitivity],
+    *,
+    weighting: str = "cv",
+    metrics: Sequence[str] = METRIC_GROUPS,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """theta(w) for every module and the fusion weights used.
+
+    Returns:
+        (theta by module name, weights) where weights has keys
+        c_global, c_topk, c_effective_rank, c_local (0 for a group not in `metrics`).
+    """
+    names = list(sensitivities)
+    trace = [sensitivities[n].trace for n in names]
+    topk = [sensitivities[n].topk for n in names]
+    eff = [float(sensitivities[n].effective_rank) for n in names]
+    c_topk = fusion_weight(topk, weighting)
+    c_eff = fusion_weight(eff, weighting)
+    local = [c_topk * t + c_eff * e for t, e in zip(topk, eff, strict=True)]
+    c_global = fusion_weight(trace, weighting) if "global" in metrics else 0.0
+    c_local = fusion_weight(local, weighting) if "local" in metrics else 0.0
+    theta = {n: c_global * g + c_local * s for n, g, s in zip(names, trace, local, strict=True)}
+    weights = {"c_global": c_global, "c_topk": c_topk, "c_effective_rank": c_eff, "c_local": c_local}
+    return theta, weights
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Per-module LoRA ranks and how they were obtained (plain data, JSON round-trippable)."""
+
+    ranks: dict[str, int]
+    theta: dict[str, float]
+    weights: dict[str, float]
+    budget: int
+    budget_unit: str
+    budget_used: int
+    avg_rank: float
+    scheme: str
+    weighting: str
+    metrics: tuple[str, ...]
+    min_rank: int
+    max_rank: int | None
+    shapes: dict[str, tuple[int, int]]
+    uniform_fallback: bool = False
+    num_groups: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def param_count(self) -> int:
+        """Trainable LoRA parameters: sum over modules of r(w) * (d_in + d_out)."""
+        return sum(r * (self.shapes[n][0] + self.shapes[n][1]) for n, r in self.ranks.items())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": RANKS_FORMAT,
+            "avg_rank": self.avg_rank,
+            "budget": self.budget,
+            "budget_unit": self.budget_unit,
+            "budget_used": self.budget_used,
+            "param_count": self.param_count,
+            "scheme": self.scheme,
+            "num_groups": self.num_groups,
+            "weighting": self.weighting,
+            "metrics": list(self.metrics),
+            "min_rank": self.min_rank,
+            "max_rank": self.max_rank,
+            "weights": dict(self.weights),
+            "uniform_fallback": self.uniform_fallback,
+            "extra": dict(self.extra),
+            "modules": [
+                {
+                    "name": name,
+                    "rank": rank,
+                    "theta": self.theta[name],
+                    "d_in": self.shapes[name][0],
+                    "d_out": self.shapes[name][1],
+                }
+                for name, rank in self.ranks.items()
+            ],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Allocation:
+        if not isinstance(document, Mapping) or document.get("format") != RANKS_FORMAT:
+            raise ValueError(f"not a senslora ranks file (expected format {RANKS_FORMAT!r})")
+        modules = document.get("modules")
+        if not isinstance(modules, list) or not modules:
+            raise ValueError("the ranks file lists no modules")
+        try:
+            ranks = {str(m["name"]): int(m["rank"]) for m in modules}
+            theta = {str(m["name"]): float(m["theta"]) for m in modules}
+            shapes = {str(m["name"]): (int(m["d_in"]), int(m["d_out"])) for m in modules}
+            if len(ranks) != len(modules):
+                raise ValueError("a module appears twice in the ranks file")
+            if any(r < 0 for r in ranks.values()):
+                raise ValueError("ranks must be non-negative integers")
+            return cls(
+                ranks=ranks,
+                theta=theta,
+                weights={str(k): float(v) for k, v in document.get("weights", {}).items()},
+                budget=int(document["budget"]),
+                budget_unit=str(document["budget_unit"]),
+                budget_used=int(document["budget_used"]),
+                avg_rank=float(document["avg_rank"]),
+                scheme=str(document["scheme"]),
+                weighting=str(document["weighting"]),
+                metrics=tuple(document["metrics"]),
+                min_rank=int(document["min_rank"]),
+                max_rank=None if document.get("max_rank") is None else int(document["max_rank"]),
+                shapes=shapes,
+                uniform_fallback=bool(document.get("uniform_fallback", False)),
+                num_groups=None if document.get("num_groups") is None else int(document["num_groups"]),
+                extra=dict(document.get("extra", {})),
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"malformed ranks file: missing or wrong field {error}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Allocation:
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"not valid JSON: {error}") from None
+        return cls.from_dict(document)
+
+
+def _water_fill(
+    base: list[float], slope: list[float], cost: list[float], budget: float, low: float, high: list[float]
+) -> list[float]:
+    """Real r_i = clip(base_i + lam * slope_i, low, high_i) with sum cost_i * r_i = budget (slope >= 0).
+
+    Bounds are enforced by fixing violators and re-spreading the rest: when clipping would remove more
+    than it adds, the upper violators stay at their bound in the final solution (lam can only grow), and
+    vice versa, so each round fixes one side for good.
+    """
+    count = len(base)
+    fixed: dict[int, float] = {}
+    while True:
+        free = [i for i in range(count) if i not in fixed]
+        remaining = budget - sum(cost[i] * v for i, v in fixed.items())
+        if not free:
+            return [fixed[i] for i in range(count)]
+        spread = [slope[i] for i in free]
+        if sum(cost[i] * s for i, s in zip(free, spread, strict=True)) <= 0.0:
+            spread = [1.0] * len(free)  # nothing to go by among the free ones: spread evenly
+        lam = (remaining - sum(cost[i] * base[i] for i in free)) / sum(
+            cost[i] * s for i, s in zip(free, spread, strict=True)
+        )
+        values = {i: base[i] + lam * s for i, s in zip(free, spread, strict=True)}
+        over = [i for i, v in values.items() if v > high[i]]
+        under = [i for i, v in values.items() if v < low]
+        if not over and not under:
+            fixed.update(values)
+            return [fixed[i] for i in range(count)]
+        excess = sum(cost[i] * (values[i] - high[i]) for i in over)
+        deficit = sum(cost[i] * (low - values[i]) for i in under)
+        if excess >= deficit:
+            fixed.update({i: high[i] for i in over})
+        else:
+            fixed.update({i: low for i in under})
+
+
+def _round_largest_remainder(
+    names: list[str], values: list[float], theta: list[float], cost: list[int], budget: int, high: list[float]
+) -> list[int]:
+    """Floor every value, then give +1 by largest remainder (ties: larger theta, then name) while it fits."""
+    floors = [math.floor(v + 1e-9) for v in values]
+    remainders = [max(0.0, v - f) for v, f in zip(values, floors, strict=True)]
+    left = budget - sum(c * f for c, f in zip(cost, floors, strict=True))
+    order = sorted(range(len(names)), key=lambda i: (-round(remainders[i], 9), -theta[i], names[i]))
+    for i in order:
+        if left <= 0:
+            break
+        if cost[i] <= left and floors[i] + 1 <= high[i] + 1e-9 and remainders[i] > 1e-9:
+            floors[i] += 1
+            left -= cost[i]
+    return floors
+
+
+def _progressive_targets(order: list[int], avg_rank: float, num_groups: int) -> dict[int, float]:
+    """PRA: split the sorted modules into groups; group g gets avg + (C - 1) / 2 - g."""
+    count = len(order)
+    groups = min(num_groups, count)
+    size, extra = divmod(count, groups)
+    targets: dict[int, float] = {}
+    start = 0
+    for group in range(groups):
+        stop = start + size + (1 if group < extra else 0)
+        for i in order[start:stop]:
+            targets[i] = avg_rank + (groups - 1) / 2 - group
+        start = stop
+    return targets
+
+
+def allocate_ranks(
+    sensitivities: Mapping[str, ModuleSensitivity],
+    *,
+    avg_rank: float,
+    scheme: str = "sra",
+    budget_unit: str = "rank",
+    min_rank: int = 1,
+    max_rank: int | None = None,
+    max_rank_factor: float | None = None,
+    weighting: str = "cv",
+    metrics: Sequence[str] = METRIC_GROUPS,
+    num_groups: int = 3,
+    dominance_share: float | None = DEFAULT_DOMINANCE_SHARE,
+) -> Allocation:
+    """Allocate integer LoRA ranks to modules from their sensitivities, meeting the budget.
+
+    Args:
+        sensitivities: per-module metrics, keyed by full module name.
+        avg_rank: average rank; the budget is avg_rank * number of modules ("rank") or
+            avg_rank * sum(d_in + d_out) parameters ("params"), i.e. uniform LoRA's.
+        scheme: "sra" (proportional to theta) or "pra" (progressive groups).
+        budget_unit: "rank" or "params".
+        min_rank: smallest rank (0 allowed: such a module gets no adapter).
+        max_rank: largest rank, or None.
+        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank) (EVA uses 2), or None.
+        weighting: "cv" (std/mean^2) or "equal" (0.5/mean).
+        metrics: which of "global" and "local" enter theta (the paper's ablations use one).
+        num_groups: number of groups C for "pra".
+        dominance_share: warn (DominanceWarning) when one module takes more than this share of the
+            budget and more than 4x the average share; None disables the check.
+
+    Returns:
+        An Allocation with integer ranks whose budget is met exactly in the "rank" unit.
+
+    Raises:
+        ValueError: unknown option, non-positive budget, inconsistent bounds, a budget too small for
+            min_rank (or too large for max_rank) on every module, NaN/inf or negative metrics.
+    """
+    _check_choice("scheme", scheme, SCHEMES)
+    _check_choice("budget unit", budget_unit, BUDGET_UNITS)
+    _check_choice("weighting", weighting, WEIGHTINGS)
+    metrics = tuple(metrics)
+    if not metrics or any(m not in METRIC_GROUPS for m in metrics):
+        raise ValueError(f"metrics must be a non-empty subset of {METRIC_GROUPS}, got {metrics}")
+    if not sensitivities:
+        raise ValueError("no module sensitivities to allocate ranks from")
+    if not (isinstance(avg_rank, int | float) and math.isfinite(avg_rank) and avg_rank > 0):
+        raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
+    if not isinstance(min_rank, int) or min_rank < 0:
+        raise ValueError(f"min_rank must be an integer >= 0, got {min_rank}")
+    if max_rank_factor is not None:
+        if not max_rank_factor > 0:
+            raise ValueError(f"max_rank_factor must be positive, got {max_rank_factor}")
+        factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
+        max_rank = factor_cap if max_rank is None else min(max_rank, factor_cap)
+    if max_rank is not None and (not isinstance(max_rank, int) or max_rank < max(1, min_rank)):
+        raise ValueError(f"max_rank must be an integer >= max(1, min_rank={min_rank}), got {max_rank}")
+    if scheme == "pra" and (not isinstance(num_groups, int) or num_groups < 1):
+        raise ValueError(f"num_groups must be an integer >= 1, got {num_groups}")
+    for item in sensitivities.values():
+        item.check_finite()
+        if item.trace < 0 or item.topk < 0 or item.effective_rank < 0:
+            raise ValueError(f"module {item.name!r}: sensitivity metrics must be >= 0")
+
+    names = sorted(sensitivities)
+    shapes = {n: (sensitivities[n].d_in, sensitivities[n].d_out) for n in names}
+    cost = [1 if budget_unit == "rank" else sum(shapes[n]) for n in names]
+    budget = round(avg_rank * sum(cost))
+    floor_cost = min_rank * sum(cost)
+    if floor_cost > budget:
+        raise ValueError(
+            f"budget of {budget} {budget_unit} is too small to give min_rank={min_rank} to all "
+            f"{len(names)} modules (needs {floor_cost}); raise avg_rank or lower min_rank"
+        )
+    if max_rank is not None and max_rank * sum(cost) < budget:
+        raise ValueError(
+            f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "
+            f"{len(names)} modules; raise max_rank or lower avg_rank"
+        )
+
+    theta_by_name, weights = fuse_scores(sensitivities, weighting=weighting, metrics=metrics)
+    uniform_fallback = all(theta_by_name[n] == 0.0 for n in names)
+    theta = [1.0 if uniform_fallback else theta_by_name[n] for n in names]
+    high = [float(max_rank) if max_rank is not None else math.inf for _ in names]
+
+    if scheme == "sra":
+        base, slope = [0.0] * len(names), theta
+    else:
+        order = sorted(range(len(names)), key=lambda i: (-theta[i], names[i]))
+        targets = _progressive_targets(order, float(avg_rank), num_groups)
+        base, slope = [targets[i] for i in range(len(names))], [1.0] * len(names)
+    values = _water_fill(base, slope, [float(c) for c in cost], float(budget), float(min_rank), high)
+    ranks = _round_largest_remainder(names, values, theta, cost, budget, high)
+    used = sum(c * r for c, r in zip(cost, ranks, strict=True))
+
+    allocation = Allocation(
+        ranks=dict(zip(names, ranks, strict=True)),
+        theta=dict(theta_by_name),
+        weights=weights,
+        budget=budget,
+        budget_unit=budget_unit,
+        budget_used=used,
+        avg_rank=float(avg_rank),
+        scheme=scheme,
+        weighting=weighting,
+        metrics=metrics,
+        min_rank=min_rank,
+        max_rank=max_rank,
+        shapes=shapes,
+        uniform_fallback=uniform_fallback,
+        num_groups=num_groups if scheme == "pra" else None,
+    )
+    if dominance_share is not None:
+        warn_if_dominated(allocation, dominance_share)
+    return allocation
+
+
+def largest_share(allocation: Allocation) -> tuple[str, float]:
+    """The module holding the largest share of the spent budget, and that share."""
+    cost = {n: 1 if allocation.budget_unit == "rank" else sum(allocation.shapes[n]) for n in allocation.ranks}
+    spent = {n: r * cost[n] for n, r in allocation.ranks.items()}
+    total = sum(spent.values()) or 1
+    name = max(sorted(spent), key=lambda n: spent[n])
+    return name, spent[name] / total
+
+
+def warn_if_dominated(allocation: Allocation, share: float = DEFAULT_DOMINANCE_SHARE) -> bool:
+    """Warn when one module holds more than `share` of the budget and 4x the average share."""
+    name, held = largest_share(allocation)
+    if held > share and held > 4.0 / len(allocation.ranks):
+        warnings.warn(
+            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks). "
+            "With a freshly initialised task head, loss-based estimators overrate the modules next to "
+            "it: cap ranks (max_rank_factor=2), warm up the head first, or leave such modules out.",
+            DominanceWarning,
+            stacklevel=3,
+        )
+        return True
+    return False

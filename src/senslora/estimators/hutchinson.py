@@ -1,0 +1,115 @@
+"""`hutchinson`: the diagonal of the true loss Hessian by Hessian-vector products.
+
+    diag(H) = E_z[ z * (H z) ],   z_i in {-1, +1} uniformly (Rademacher)
+
+Per batch: one forward, one backward with `create_graph=True`, then one extra backward per probe
+(H z = d(g . z)/dw). The estimate is averaged over all probes and batches; negative entries of the
+average (possible for a non-convex loss or from sampling noise) are clamped to 0 before the metrics,
+and the clamped share is reported. Scaled-dot-product attention runs on its math kernel here, since
+the fused kernels have no double backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from senslora.calibration import (
+    Batch,
+    LossFn,
+    all_reduce_sum,
+    calibration_batches,
+    check_finite,
+    compute_loss,
+    model_device,
+    move_batch,
+    preserved_model_state,
+)
+from senslora.estimators.fisher import prepare_target_gradients
+from senslora.targets import TargetLayer
+
+
+def _rademacher(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    bits = torch.randint(0, 2, like.shape, generator=generator, device=generator.device, dtype=torch.int8)
+    return (bits * 2 - 1).to(device=like.device, dtype=like.dtype)
+
+
+def hutchinson_diagonals(
+    model: nn.Module,
+    layers: list[TargetLayer],
+    batches: Iterable[Batch],
+    *,
+    num_probes: int = 4,
+    seed: int = 0,
+    loss_fn: LossFn | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    accumulator_device: torch.device | str | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Hutchinson estimate of the loss-Hessian diagonal per weight element (flattened, clamped, CPU).
+
+    Returns:
+        (diagonals, clamped_fraction) where clamped_fraction[name] is the share of entries that were
+        negative and set to 0.
+
+    Raises:
+        ValueError: num_probes < 1, no batches, no loss, or NaN/inf products (naming the module).
+    """
+    if not isinstance(num_probes, int) or num_probes < 1:
+        raise ValueError(f"num_probes must be an integer >= 1, got {num_probes}")
+    device = model_device(model)
+    generator = torch.Generator(device=device if device.type != "mps" else "cpu")
+    generator.manual_seed(seed)
+    sums = {
+        t.name: torch.zeros(
+            t.weight.shape,
+            dtype=torch.promote_types(t.weight.dtype, torch.float32),
+            device=accumulator_device or device,
+        )
+        for t in layers
+    }
+    count = torch.zeros((), dtype=torch.float64)
+    # The fused attention kernels have no double backward; the math kernel does.
+    with preserved_model_state(model), sdpa_kernel(SDPBackend.MATH):
+        model.eval()
+        weights = prepare_target_gradients(model, layers)
+        for batch in calibration_batches(
+            batches, max_batches=max_batches, progress=progress, description="hutchinson sensitivity"
+        ):
+            batch = move_batch(batch, device)
+            loss = compute_loss(model, batch, loss_fn)
+            grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
+            # Only gradients that still depend on the weights have a non-zero Hessian block.
+            live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+            for probe in range(num_probes):
+                if live:
+                    probes = [_rademacher(weights[i], generator) for i in live]
+                    products = torch.autograd.grad(
+                        [grads[i] for i in live],
+                        weights,
+                        grad_outputs=probes,
+                        retain_graph=probe < num_probes - 1,
+                        allow_unused=True,
+                    )
+                    for i, z in zip(live, probes, strict=True):
+                        product = products[i]
+                        if product is not None:
+                            acc = sums[layers[i].name]
+                            acc += (z * product).to(device=acc.device, dtype=acc.dtype)
+                count += 1
+            del grads, loss
+    if count.item() == 0:
+        raise ValueError("no calibration batches: the batches iterable is empty")
+    total = all_reduce_sum(count)
+    diagonals: dict[str, torch.Tensor] = {}
+    clamped: dict[str, float] = {}
+    for layer in layers:
+        mean = all_reduce_sum(sums[layer.name]) / total.to(sums[layer.name].dtype)
+        check_finite(layer.name, mean, "Hessian-vector products")
+        negative = mean < 0
+        clamped[layer.name] = float(negative.float().mean())
+        diagonals[layer.name] = mean.clamp_min(0).reshape(-1).cpu()
+    return diagonals, clamped

@@ -1,0 +1,171 @@
+"""Sensitivity metrics of one weight matrix from the diagonal of its Hessian.
+
+With lambda_1 >= ... >= lambda_m the diagonal entries of H_w, sorted:
+
+- global:          S_global(w) = trace(H_w) = sum_i lambda_i
+- local, top-k:    S_topk(w)   = mean of the k largest lambda_i, k = max(1, floor(m * topk_fraction))
+- local, eff. rank: S_eff(w)   = min { k : sum_{j<=k} lambda_j / sum_j lambda_j >= alpha }  (0 if all are 0)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+# Cumulative sums are compared against alpha with this slack so that exact ratios such as 3/4 >= 0.75
+# are not lost to rounding.
+_ENERGY_TOLERANCE = 1e-12
+
+
+def _as_sorted_desc(diagonal: Any) -> np.ndarray:
+    values = np.asarray(diagonal, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ValueError("the Hessian diagonal is empty: a weight matrix has at least one entry")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("the Hessian diagonal holds NaN or inf")
+    return np.sort(values)[::-1]
+
+
+def trace_metric(diagonal: Any) -> float:
+    """S_global = sum of the diagonal entries."""
+    return float(_as_sorted_desc(diagonal).sum())
+
+
+def topk_count(num_entries: int, topk_fraction: float) -> int:
+    """k = max(1, floor(m * topk_fraction)), capped at m."""
+    if not 0.0 < topk_fraction <= 1.0:
+        raise ValueError(f"topk_fraction must lie in (0, 1], got {topk_fraction}")
+    return min(num_entries, max(1, math.floor(num_entries * topk_fraction)))
+
+
+def topk_metric(diagonal: Any, topk_fraction: float = 0.5) -> float:
+    """S_topk = mean of the k largest diagonal entries."""
+    values = _as_sorted_desc(diagonal)
+    k = topk_count(values.size, topk_fraction)
+    return float(values[:k].mean())
+
+
+def effective_rank_metric(diagonal: Any, energy_threshold: float = 0.85) -> int:
+    """S_eff = the fewest largest entries whose sum reaches `energy_threshold` of the total (0 if total is 0)."""
+    if not 0.0 < energy_threshold <= 1.0:
+        raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
+    values = _as_sorted_desc(diagonal)
+    total = values.sum()
+    if total <= 0.0:
+        return 0
+    share = np.cumsum(values) / total
+    return int(np.argmax(share >= energy_threshold - _ENERGY_TOLERANCE)) + 1
+
+
+@dataclass(frozen=True)
+class ModuleSensitivity:
+    """The sensitivity metrics of one adapted weight matrix.
+
+    Attributes:
+        name: full module name as in `model.named_modules()`.
+        d_in, d_out: input and output features of the layer.
+        trace: S_global, the sum of the Hessian diagonal entries.
+        topk: S_topk, the mean of the k largest entries.
+        effective_rank: S_eff, the fewest entries holding `energy_threshold` of the trace.
+        num_entries: m, how many diagonal entries the metrics were computed from
+            (d_in for `activation`, d_in * d_out for `fisher` and `hutchinson`).
+        clamped_fraction: share of entries that were negative and clamped to 0 (`hutchinson` only).
+    """
+
+    name: str
+    d_in: int
+    d_out: int
+    trace: float
+    topk: float
+    effective_rank: int
+    num_entries: int
+    clamped_fraction: float = 0.0
+
+    @classmethod
+    def from_diagonal(
+        cls,
+        name: str,
+        diagonal: Any,
+        *,
+        d_in: int,
+        d_out: int,
+        topk_fraction: float = 0.5,
+        energy_threshold: float = 0.85,
+        clamped_fraction: float = 0.0,
+    ) -> ModuleSensitivity:
+        """Compute all three metrics of one module from its Hessian diagonal."""
+        values = np.asarray(diagonal, dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"module {name!r}: the Hessian diagonal holds NaN or inf")
+        return cls(
+            name=name,
+            d_in=int(d_in),
+            d_out=int(d_out),
+            trace=trace_metric(values),
+            topk=topk_metric(values, topk_fraction),
+            effective_rank=effective_rank_metric(values, energy_threshold),
+            num_entries=int(values.size),
+            clamped_fraction=float(clamped_fraction),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModuleSensitivity:
+        known = {f.name for f in fields(cls)}
+        missing = {"name", "d_in", "d_out", "trace", "topk", "effective_rank", "num_entries"} - set(data)
+        if missing:
+            raise ValueError(f"module sensitivity entry lacks the fields {sorted(missing)}")
+        item = cls(**{key: value for key, value in data.items() if key in known})
+        item.check_finite()
+        return item
+
+    def check_finite(self) -> None:
+        """Raise ValueError naming the module if a metric is NaN or inf."""
+        for field_name in ("trace", "topk", "effective_rank"):
+            if not math.isfinite(getattr(self, field_name)):
+                raise ValueError(f"module {self.name!r}: metric {field_name} is not finite")
+
+
+SENSITIVITY_FORMAT = "senslora.sensitivity/1"
+
+
+def sensitivities_to_json(
+    sensitivities: Mapping[str, ModuleSensitivity], metadata: Mapping[str, Any] | None = None
+) -> str:
+    """Serialise sensitivities (and free-form metadata such as the estimator) to a JSON document."""
+    document = {
+        "format": SENSITIVITY_FORMAT,
+        **(dict(metadata) if metadata else {}),
+        "modules": [sensitivities[name].to_dict() for name in sensitivities],
+    }
+    return json.dumps(document, indent=2)
+
+
+def sensitivities_from_json(text: str) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
+    """Parse a document written by `sensitivities_to_json`; returns (sensitivities, metadata)."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON: {error}") from None
+    if not isinstance(document, dict) or document.get("format") != SENSITIVITY_FORMAT:
+        raise ValueError(f"not a senslora sensitivity file (expected format {SENSITIVITY_FORMAT!r})")
+    modules = document.pop("modules", None)
+    if not isinstance(modules, list) or not modules:
+        raise ValueError("the sensitivity file lists no modules")
+    result: dict[str, ModuleSensitivity] = {}
+    for entry in modules:
+        if not isinstance(entry, dict):
+            raise ValueError("each module entry must be a JSON object")
+        item = ModuleSensitivity.from_dict(entry)
+        if item.name in result:
+            raise ValueError(f"module {item.name!r} appears twice in the sensitivity file")
+        result[item.name] = item
+    document.pop("format")
+    return result, document
