@@ -120,8 +120,7 @@ def compute_loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None) -> torc
         loss = getattr(outputs, "loss", None)
     if loss is None:
         raise ValueError(
-            "this estimator needs a task loss: give batches with labels (so the model returns .loss) "
-            "or pass loss_fn"
+            "this estimator needs a task loss: give batches with labels (so the model returns .loss) or pass loss_fn"
         )
     if loss.dim() != 0:
         raise ValueError(f"the task loss must be a scalar, got shape {tuple(loss.shape)}")

@@ -71,9 +71,7 @@ def estimate_sensitivity(
     if estimator == "activation":
         diagonals = activation_diagonals(model, layers, batches, **common)
     elif estimator == "fisher":
-        diagonals = fisher_diagonals(
-            model, layers, batches, per_example=per_example, loss_fn=loss_fn, **common
-        )
+        diagonals = fisher_diagonals(model, layers, batches, per_example=per_example, loss_fn=loss_fn, **common)
     else:
         diagonals, clamped = hutchinson_diagonals(
             model, layers, batches, num_probes=num_probes, seed=seed, loss_fn=loss_fn, **common

@@ -53,9 +53,7 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def find_target_layers(
-    model: nn.Module, target_modules: str | Sequence[str] | None = None
-) -> list[TargetLayer]:
+def find_target_layers(model: nn.Module, target_modules: str | Sequence[str] | None = None) -> list[TargetLayer]:
     """Resolve the target layers of `model`, in `named_modules()` order.
 
     Args:

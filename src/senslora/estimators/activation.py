@@ -56,9 +56,7 @@ class _InputSquares:
             weights = mask.to(squares.dtype)
             sums = torch.einsum("bt...d,bt->d", squares, weights)
             rows = weights.sum() * (squares[0, 0].numel() // squares.shape[-1])
-        elif (
-            mask is not None and x.dim() == 2 and x.shape[0] == mask.numel() and mask.numel() != mask.shape[0]
-        ):
+        elif mask is not None and x.dim() == 2 and x.shape[0] == mask.numel() and mask.numel() != mask.shape[0]:
             weights = mask.reshape(-1).to(squares.dtype)
             sums = weights @ squares
             rows = weights.sum()
