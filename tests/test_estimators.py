@@ -1,0 +1,285 @@
+"""Estimators against independent references: exact Hessians, explicit gradient loops, hand sums."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+from torch.func import functional_call, hessian
+
+from conftest import tiny_bert, tiny_gpt2, tiny_llama, token_batches
+from senslora import estimate_sensitivity, find_target_layers
+from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+
+
+class ToyNet(nn.Module):
+    """Token-wise two-layer net with a masked mean-squared loss; layers see (batch, tokens, features)."""
+
+    def __init__(self, d_in: int = 5, hidden: int = 4, d_out: int = 3, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.first = nn.Linear(d_in, hidden)
+        self.second = nn.Linear(hidden, d_out)
+        self.to(torch.float64)
+
+    def forward(self, inputs, attention_mask=None, targets=None):
+        hidden = torch.tanh(self.first(inputs))
+        out = self.second(hidden)
+        loss = None
+        if targets is not None:
+            mask = attention_mask.to(out.dtype)[..., None]
+            loss = ((out - targets) ** 2 * mask).sum() / mask.sum()
+        return SimpleNamespace(loss=loss, hidden=hidden)
+
+
+def toy_batches(count=3, batch=4, tokens=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    result = []
+    for _ in range(count):
+        mask = torch.ones(batch, tokens, dtype=torch.long)
+        mask[1, 3:] = 0
+        mask[2, 1:] = 0
+        result.append(
+            {
+                "inputs": torch.randn(batch, tokens, 5, generator=generator, dtype=torch.float64),
+                "attention_mask": mask,
+                "targets": torch.randn(batch, tokens, 3, generator=generator, dtype=torch.float64),
+            }
+        )
+    return result
+
+
+def test_activation_equals_hand_computation():
+    model, batches = ToyNet(), toy_batches()
+    layers = find_target_layers(model)
+    diagonals = activation_diagonals(model, layers, batches, progress=False)
+    first_sum, second_sum, count = torch.zeros(5, dtype=torch.float64), torch.zeros(4, dtype=torch.float64), 0
+    with torch.no_grad():
+        for b in batches:
+            keep = b["attention_mask"].bool()
+            x = b["inputs"][keep]  # (tokens kept, 5)
+            h = torch.tanh(x @ model.first.weight.T + model.first.bias)
+            first_sum += (x**2).sum(0)
+            second_sum += (h**2).sum(0)
+            count += int(keep.sum())
+    torch.testing.assert_close(diagonals["first"], 2 * first_sum / count)
+    torch.testing.assert_close(diagonals["second"], 2 * second_sum / count)
+
+
+def _exact_hessians(model: ToyNet, batches) -> list[torch.Tensor]:
+    """Full Hessian of each batch's loss w.r.t. both weights (flattened, 32 x 32), by torch.func.hessian."""
+    fixed = {k: v.detach() for k, v in model.named_parameters()}
+    shapes = [fixed["first.weight"].shape, fixed["second.weight"].shape]
+    sizes = [s.numel() for s in shapes]
+
+    def loss_of(flat, b):
+        first, second = flat.split(sizes)
+        weights = {"first.weight": first.reshape(shapes[0]), "second.weight": second.reshape(shapes[1])}
+        return functional_call(model, {**fixed, **weights}, kwargs=b).loss
+
+    flat = torch.cat([fixed["first.weight"].reshape(-1), fixed["second.weight"].reshape(-1)])
+    return [hessian(loss_of)(flat, b) for b in batches]
+
+
+def test_hutchinson_converges_to_exact_hessian_diagonal():
+    """Within 5 standard errors of diag(H), the standard error following from the exact off-diagonals."""
+    model, batches = ToyNet(), toy_batches(count=2)
+    layers = find_target_layers(model)
+    hessians = _exact_hessians(model, batches)
+    exact = torch.stack([h.diagonal() for h in hessians]).mean(0)
+    num_probes = 400
+    # Var of z_i (Hz)_i is sum_{j != i} H_ij^2; probes are independent across batches.
+    off_diagonal = torch.stack([(h**2).sum(1) - h.diagonal() ** 2 for h in hessians]).sum(0)
+    standard_error = (off_diagonal / (len(batches) ** 2 * num_probes)).sqrt()
+    estimate, clamped = hutchinson_diagonals(model, layers, batches, num_probes=num_probes, seed=0, progress=False)
+    flat_estimate = torch.cat([estimate["first"], estimate["second"]])
+    assert ((flat_estimate - exact.clamp_min(0)).abs() <= 5 * standard_error + 1e-12).all()
+    assert standard_error.max() < 0.06 * exact.abs().max()  # the check has teeth
+    clear = exact > 3 * standard_error  # away from the clamp at 0: the z-scores are close to standard normal
+    z = (flat_estimate - exact)[clear] / standard_error[clear]
+    assert clear.sum() >= 10 and (z**2).mean() < 3.0
+    assert all(0.0 <= clamped[name] <= 1.0 for name in clamped)
+    again, _ = hutchinson_diagonals(model, layers, batches, num_probes=num_probes, seed=0, progress=False)
+    torch.testing.assert_close(again["first"], estimate["first"])  # seeded probes: reproducible
+
+
+def _explicit_squared_gradients(model: ToyNet, pieces):
+    params = [model.first.weight, model.second.weight]
+    sums = [torch.zeros_like(p) for p in params]
+    for piece in pieces:
+        grads = torch.autograd.grad(model(**piece).loss, params)
+        for s, g in zip(sums, grads, strict=True):
+            s += g**2
+    return {"first": (sums[0] / len(pieces)).reshape(-1), "second": (sums[1] / len(pieces)).reshape(-1)}
+
+
+def test_fisher_per_example_equals_explicit_loop():
+    model, batches = ToyNet(), toy_batches()
+    singles = [{k: v[i : i + 1] for k, v in b.items()} for b in batches for i in range(4)]
+    reference = _explicit_squared_gradients(model, singles)
+    estimate = fisher_diagonals(model, find_target_layers(model), batches, per_example=True, progress=False)
+    for name in reference:
+        torch.testing.assert_close(estimate[name], reference[name])
+
+
+def test_fisher_batch_mode_equals_explicit_loop():
+    model, batches = ToyNet(), toy_batches()
+    reference = _explicit_squared_gradients(model, batches)
+    estimate = fisher_diagonals(model, find_target_layers(model), batches, per_example=False, progress=False)
+    for name in reference:
+        torch.testing.assert_close(estimate[name], reference[name])
+
+
+def _captured_inputs_reference(model, batches):
+    """Independent activation reference: clone every Linear input, mask by hand, sum squares."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            handles.append(
+                module.register_forward_hook(lambda m, a, o, name=name: captured.setdefault(name, []).append(a[0]))
+            )
+    sums, counts = {}, {}
+    with torch.no_grad():
+        for b in batches:
+            captured.clear()
+            model(**b)
+            keep = b["attention_mask"].bool()
+            for name, (x,) in captured.items():
+                rows = x[keep] if x.dim() == 3 else x  # the pooler sees one row per example
+                sums[name] = sums.get(name, 0) + (rows.double() ** 2).sum(0)
+                counts[name] = counts.get(name, 0) + rows.shape[0]
+    for h in handles:
+        h.remove()
+    return {name: 2 * sums[name] / counts[name] for name in sums}
+
+
+def test_activation_on_tiny_bert_matches_captured_inputs():
+    model, batches = tiny_bert(), token_batches(count=3)
+    reference = _captured_inputs_reference(model, batches)
+    layers = find_target_layers(model)
+    assert "classifier" not in {t.name for t in layers} and "bert.pooler.dense" in {t.name for t in layers}
+    diagonals = activation_diagonals(model, layers, batches, progress=False)
+    for layer in layers:
+        torch.testing.assert_close(diagonals[layer.name], reference[layer.name], rtol=1e-5, atol=1e-8)
+    sensitivities = estimate_sensitivity(model, batches, progress=False)
+    q = sensitivities["bert.encoder.layer.0.attention.self.query"]
+    k = sensitivities["bert.encoder.layer.0.attention.self.key"]
+    assert (q.trace, q.topk, q.effective_rank) == (k.trace, k.topk, k.effective_rank)  # same input
+
+
+@pytest.mark.parametrize("estimator", ["activation", "fisher", "hutchinson"])
+def test_estimators_run_on_llama_and_gpt2(estimator):
+    llama = tiny_llama()
+    result = estimate_sensitivity(llama, token_batches(labels="lm"), estimator=estimator, num_probes=1, progress=False)
+    assert "lm_head" not in result
+    assert len(result) == 2 * 7  # q, k, v, o, gate, up, down per layer
+    down = result["model.layers.0.mlp.down_proj"]
+    assert (down.d_in, down.d_out) == (48, 32)
+    gpt2 = tiny_gpt2()
+    result = estimate_sensitivity(gpt2, token_batches(labels="lm"), estimator=estimator, num_probes=1, progress=False)
+    c_attn = result["transformer.h.0.attn.c_attn"]  # Conv1D: weight stored as (in, out)
+    assert (c_attn.d_in, c_attn.d_out) == (32, 96)
+    expected_entries = 32 if estimator == "activation" else 32 * 96
+    assert c_attn.num_entries == expected_entries
+    assert all(s.trace >= 0 and s.trace == s.trace for s in result.values())
+
+
+def _snapshot(model: nn.Module):
+    return (
+        {name: m.training for name, m in model.named_modules()},
+        {name: p.requires_grad for name, p in model.named_parameters()},
+        {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()},
+        {name: p.detach().clone() for name, p in model.named_parameters()},
+        sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules()),
+        sum(len(getattr(p, "_post_accumulate_grad_hooks", None) or {}) for p in model.parameters()),
+    )
+
+
+def _assert_same_state(before, after):
+    assert before[0] == after[0] and before[1] == after[1]
+    for name, grad in before[2].items():
+        assert (grad is None and after[2][name] is None) or torch.equal(grad, after[2][name]), name
+    for name, value in before[3].items():
+        assert torch.equal(value, after[3][name]), name
+    assert before[4:] == after[4:]
+
+
+@pytest.mark.parametrize("estimator", ["activation", "fisher", "hutchinson"])
+def test_model_left_as_found_also_on_error(estimator):
+    model = tiny_bert()
+    model.train()
+    model.bert.embeddings.requires_grad_(False)
+    model.classifier.weight.grad = torch.ones_like(model.classifier.weight)
+    before = _snapshot(model)
+    estimate_sensitivity(model, token_batches(labels="class"), estimator=estimator, num_probes=1, progress=False)
+    _assert_same_state(before, _snapshot(model))
+    bad = token_batches(labels="class")
+    bad[1]["input_ids"] = bad[1]["input_ids"].float()  # embedding lookup fails mid-run
+    with pytest.raises((RuntimeError, ValueError, IndexError)):
+        estimate_sensitivity(model, bad, estimator=estimator, num_probes=1, progress=False)
+    _assert_same_state(before, _snapshot(model))
+
+
+def test_bad_input_is_rejected():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="empty"):
+        estimate_sensitivity(model, [], progress=False)
+    with pytest.raises(ValueError, match="match no"):
+        estimate_sensitivity(model, token_batches(), target_modules=["nonexistent"], progress=False)
+    with pytest.raises(ValueError, match="regex"):
+        estimate_sensitivity(model, token_batches(), target_modules=r"nothing\.here", progress=False)
+    with pytest.raises(ValueError, match="unknown estimator"):
+        estimate_sensitivity(model, token_batches(), estimator="oracle", progress=False)
+    for estimator in ("fisher", "hutchinson"):
+        with pytest.raises(ValueError, match="labels"):
+            estimate_sensitivity(model, token_batches(), estimator=estimator, progress=False)
+    with pytest.raises(ValueError, match="no nn.Linear"):
+        estimate_sensitivity(nn.Sequential(nn.ReLU()), token_batches(), progress=False)
+    with pytest.raises(ValueError, match="num_probes"):
+        estimate_sensitivity(model, token_batches(labels="class"), estimator="hutchinson", num_probes=0)
+
+
+def test_nan_activations_name_the_module():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].intermediate.dense.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"bert\.encoder\.layer\.1\.output\.dense"):
+        estimate_sensitivity(model, token_batches(), target_modules=["output.dense"], progress=False)
+    with pytest.raises(ValueError, match="not finite|NaN"):
+        estimate_sensitivity(model, token_batches(labels="class"), estimator="fisher", progress=False)
+
+
+def test_target_selection_forms():
+    model = tiny_bert()
+    by_suffix = [t.name for t in find_target_layers(model, ["query", "value"])]
+    assert by_suffix == [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
+    by_regex = [t.name for t in find_target_layers(model, r".*layer\.1\..*dense")]
+    assert by_regex == [
+        "bert.encoder.layer.1.attention.output.dense",
+        "bert.encoder.layer.1.intermediate.dense",
+        "bert.encoder.layer.1.output.dense",
+    ]
+    full = find_target_layers(model, ["bert.pooler.dense"])
+    assert [t.name for t in full] == ["bert.pooler.dense"]
+
+
+def test_padding_never_counts():
+    model = tiny_bert()
+    batches = token_batches(count=2)
+    padded = []
+    for b in batches:  # append 5 padding positions holding arbitrary token ids
+        extra = torch.randint(1, 100, (b["input_ids"].shape[0], 5))
+        padded.append(
+            {
+                "input_ids": torch.cat([b["input_ids"], extra], 1),
+                "attention_mask": torch.cat([b["attention_mask"], torch.zeros_like(extra)], 1),
+            }
+        )
+    layers = find_target_layers(model, ["query", "output.dense"])
+    plain = activation_diagonals(model, layers, batches, progress=False)
+    more = activation_diagonals(model, layers, padded, progress=False)
+    for name in plain:
+        torch.testing.assert_close(plain[name], more[name], rtol=1e-4, atol=1e-7)
