@@ -1,0 +1,252 @@
+"""The `senslora` command line: parses options and calls the library; nothing else.
+
+Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (NaN/inf), 1 internal
+error (one line; set SENSLORA_DEBUG=1 for the traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, NoReturn
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_INTERNAL = 1
+
+DATA_OPTIONS = [
+    "model", "data", "task", "text_column", "text_pair_column", "label_column", "prompt_column",
+    "response_column", "dataset_config", "validation_data", "validation_fraction", "max_train_examples",
+    "max_validation_examples", "max_length", "trust_remote_code", "seed", "device", "progress",
+]  # fmt: skip
+SENSITIVITY_OPTIONS = [
+    "calibration_data", "calibration_examples", "calibration_batch_size", "estimator", "target_modules",
+    "target_regex", "topk_fraction", "energy_threshold", "num_probes", "per_example", "head_warmup_steps",
+    "learning_rate",
+]  # fmt: skip
+ALLOCATION_OPTIONS = [
+    "avg_rank", "scheme", "budget_unit", "min_rank", "max_rank", "max_rank_factor", "weighting", "metrics",
+    "num_groups",
+]  # fmt: skip
+EVALUATION_OPTIONS = ["eval_batch_size", "max_generation_examples", "max_new_tokens"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _optional(parse):
+    def parse_optional(text: str):
+        return None if text.lower() in ("none", "null", "all") else parse(text)
+
+    parse_optional.__name__ = parse.__name__
+    return parse_optional
+
+
+def _add_field(parser: argparse.ArgumentParser, name: str) -> None:
+    from senslora.config import RunConfig, base_type, field_types
+
+    item = {f.name: f for f in fields(RunConfig)}[name]
+    scalar, optional, is_list = base_type(field_types()[name])
+    flag = "--" + name.replace("_", "-")
+    kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
+    shown = item.default_factory() if callable(item.default_factory) else item.default
+    help_text = f"{item.metadata['help']} (default: {shown})"
+    if scalar is bool:
+        parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
+        return
+    parse = {int: int, float: float}.get(scalar, str)
+    kwargs["type"] = _optional(parse) if optional else parse
+    if item.metadata.get("choices"):
+        kwargs["choices"] = list(item.metadata["choices"])
+    if is_list:
+        kwargs["nargs"] = "+"
+    parser.add_argument(flag, help=help_text, **kwargs)
+
+
+def _command(subparsers, name: str, help_text: str, options: Sequence[str]) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--config", dest="config_file", help="YAML or JSON file of options (flags override it)")
+    for option_name in options:
+        _add_field(parser, option_name)
+    return parser
+
+
+def build_parser() -> ArgumentParser:
+    from senslora import __version__
+    from senslora.cli_report import add_report_commands
+    from senslora.config import RunConfig
+
+    parser = ArgumentParser(
+        prog="senslora",
+        description="Sensitivity-LoRA: per-module LoRA ranks from the Hessian diagonal, as stock PEFT adapters.",
+    )
+    parser.add_argument("--version", action="version", version=f"senslora {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    sensitivity = _command(
+        subparsers,
+        "sensitivity",
+        "model + calibration data -> sensitivity.json",
+        DATA_OPTIONS + SENSITIVITY_OPTIONS,
+    )
+    sensitivity.add_argument("--output", default="sensitivity.json", help="file to write (default: %(default)s)")
+    _add_field(sensitivity, "overwrite")
+    sensitivity.set_defaults(handler=run_sensitivity_command)
+
+    allocate = _command(
+        subparsers, "allocate", "sensitivity.json + budget -> ranks.json (no model)", ALLOCATION_OPTIONS
+    )
+    allocate.add_argument("sensitivity", help="a sensitivity.json written by `senslora sensitivity`")
+    allocate.add_argument("--output", default="ranks.json", help="file to write (default: %(default)s)")
+    _add_field(allocate, "overwrite")
+    allocate.set_defaults(handler=run_allocate_command)
+
+    finetune = _command(
+        subparsers,
+        "finetune",
+        "model + data + method -> run directory with adapter, metrics and logs (defaults: the main job)",
+        [f.name for f in fields(RunConfig)],
+    )
+    finetune.set_defaults(handler=run_finetune_command)
+
+    evaluate = _command(
+        subparsers, "evaluate", "base model + PEFT adapter + data -> metrics", DATA_OPTIONS + EVALUATION_OPTIONS
+    )
+    evaluate.add_argument("--adapter", required=True, help="PEFT adapter directory (e.g. RUN_DIR/adapter)")
+    evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(handler=run_evaluate_command)
+
+    add_report_commands(subparsers)
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    """RunConfig from defaults, then the --config file, then the flags given."""
+    from senslora.config import RunConfig, load_config_file
+
+    values: dict[str, Any] = {}
+    if getattr(args, "config_file", None):
+        values.update(load_config_file(args.config_file))
+    known = {f.name for f in fields(RunConfig)}
+    values.update({k: v for k, v in vars(args).items() if k in known})
+    config = RunConfig(**values)
+    config.validate()
+    return config
+
+
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise ValueError(f"{path} already exists; pass --overwrite to replace it")
+
+
+def run_sensitivity_command(args: argparse.Namespace) -> int:
+    from senslora.io import atomic_write_text
+    from senslora.metrics import sensitivities_to_json
+    from senslora.pipeline import calibration_batches, prepare, run_sensitivity
+
+    config = resolve_config(args)
+    output = Path(args.output)
+    _refuse_existing(output, config.overwrite)
+    prepared = prepare(config)
+    sensitivities, metadata = run_sensitivity(config, prepared, calibration_batches(config, prepared))
+    atomic_write_text(output, sensitivities_to_json(sensitivities, metadata))
+    print(f"{len(sensitivities)} modules, {config.estimator} estimator, {metadata['seconds']:.1f} s -> {output}")
+    return 0
+
+
+def run_allocate_command(args: argparse.Namespace) -> int:
+    from senslora.io import atomic_write_json
+    from senslora.pipeline import load_sensitivity_file, run_allocation
+
+    config = resolve_config(args)
+    output = Path(args.output)
+    _refuse_existing(output, config.overwrite)
+    sensitivities, _ = load_sensitivity_file(args.sensitivity)
+    allocation = run_allocation(config, sensitivities)
+    atomic_write_json(output, allocation.to_dict())
+    ranks = allocation.ranks.values()
+    print(
+        f"{len(allocation.ranks)} modules, ranks {min(ranks)}..{max(ranks)}, {allocation.budget_used} of "
+        f"{allocation.budget} {allocation.budget_unit} budget, {allocation.param_count:,} LoRA parameters -> {output}"
+    )
+    return 0
+
+
+def run_finetune_command(args: argparse.Namespace) -> int:
+    from senslora.pipeline import finetune
+
+    config = resolve_config(args)
+    metrics = finetune(config)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["validation"].items() if k != "loss")
+    print(f"validation {shown} (best epoch {metrics['best_epoch']}); run directory: {config.run_dir()}")
+    return 0
+
+
+def run_evaluate_command(args: argparse.Namespace) -> int:
+    from senslora.io import atomic_write_json
+    from senslora.pipeline import evaluate_adapter
+
+    config = resolve_config(args)
+    metrics = evaluate_adapter(config, args.adapter)
+    if args.output:
+        atomic_write_json(args.output, metrics)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress and results: no load reports or deprecation chatter."""
+    import warnings
+
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `senslora` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    quiet_libraries()
+    debug = os.environ.get("SENSLORA_DEBUG") == "1"
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("senslora: interrupted; an unfinished run continues with --resume", file=sys.stderr)
+        return 130
+    except ValueError as error:
+        if debug:
+            raise
+        from senslora.training import TrainingDivergedError
+
+        code = EXIT_DIVERGED if isinstance(error, TrainingDivergedError) else EXIT_USER_ERROR
+        message = " ".join(str(error).split()) or type(error).__name__
+        print(f"senslora {args.command}: error: {message}", file=sys.stderr)
+        return code
+    except Exception as error:
+        if debug:
+            raise
+        message = " ".join(str(error).split())[:500]
+        print(
+            f"senslora {args.command}: internal error: {type(error).__name__}: {message} "
+            "(set SENSLORA_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

