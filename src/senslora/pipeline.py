@@ -299,11 +299,10 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         progress=config.progress,
     )
     parameters = count_parameters(model)
-    if config.progress:
-        print(
-            f"{config.method}: {parameters.adapter:,} adapter + {parameters.other_trainable:,} head parameters "
-            f"trainable of {parameters.total:,}"
-        )
+    print(
+        f"{config.method}: {parameters.adapter:,} adapter + {parameters.other_trainable:,} head parameters "
+        f"trainable of {parameters.total:,}"
+    )
     side = sidecar(allocation, sensitivities, sensitivity_metadata)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
