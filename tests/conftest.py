@@ -99,7 +99,27 @@ def tiny_decoder_tokenizer():
 
     tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    words = "the a movie film was is good bad great awful plot actors story fun boring and but not very".split()
+    words = [
+        "the",
+        "a",
+        "movie",
+        "film",
+        "was",
+        "is",
+        "good",
+        "bad",
+        "great",
+        "awful",
+        "plot",
+        "actors",
+        "story",
+        "fun",
+        "boring",
+        "and",
+        "but",
+        "not",
+        "very",
+    ]
     trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<eos>"], vocab_size=VOCAB)
     tokenizer.train_from_iterator([" ".join(words)] * 3, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")

@@ -136,7 +136,8 @@ def test_instruction_tuning_with_generation_metrics(tiny_llama_dir, tmp_path, ca
 def test_regression_task(tiny_bert_dir, tmp_path, capsys):
     data = tmp_path / "pairs.tsv"
     lines = ["sentence1\tsentence2\tscore"]
-    lines += [f"the movie was good\tthe film was {'good' if i % 2 else 'bad'}\t{4.5 if i % 2 else 0.5}" for i in range(60)]
+    for i in range(60):
+        lines.append(f"the movie was good\tthe film was {'good' if i % 2 else 'bad'}\t{4.5 if i % 2 else 0.5}")
     data.write_text("\n".join(lines))
     run_dir = tmp_path / "stsb"
     code, out, err = run_cli(
@@ -164,9 +165,7 @@ def test_config_file_and_flags(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_bert_dir}\ndata: {sentiment_csv}\navg_rank: 2\nestimator: fisher\nepochs: 1\n")
     run_dir = tmp_path / "run"
-    code, _, err = run_cli(
-        ["finetune", "--config", config, "--avg-rank", "3", "--output-dir", run_dir, *FAST], capsys
-    )
+    code, _, err = run_cli(["finetune", "--config", config, "--avg-rank", "3", "--output-dir", run_dir, *FAST], capsys)
     assert code == 0, err
     resolved = json.loads((run_dir / "config.json").read_text())
     assert resolved["avg_rank"] == 3 and resolved["estimator"] == "fisher"  # flag beats file
