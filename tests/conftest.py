@@ -121,7 +121,7 @@ def tiny_decoder_tokenizer():
         "very",
     ]
     trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<eos>"], vocab_size=VOCAB)
-    tokenizer.train_from_iterator([" ".join(words)] * 3, trainer)
+    tokenizer.train_from_iterator([words] * 3, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", unk_token="<unk>", eos_token="<eos>")
     fast.chat_template = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }} {% endfor %}"
