@@ -1,0 +1,119 @@
+"""The benchmark grid: which experiments each profile runs.
+
+One experiment = model + task + method + budget + seed (+ options) -> one results JSON. Every experiment is
+a set of `senslora.config.RunConfig` overrides; the harness never copies the library's training loop.
+
+Profiles:
+- smoke: two runs of a few steps (CI);
+- quick: about 20 minutes on a 2-core CPU: every method once or twice at average rank 4 on a small slice;
+- full: the published tables: 3 seeds, ranks 4 and 8, a learning-rate sweep for uniform LoRA and senslora,
+  the half-budget comparison, the paper's ablations and ours, the head-related safeguards, and SmolLM2
+  language modelling (hours on this CPU).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named set of RunConfig overrides and the table it belongs to."""
+
+    name: str
+    group: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+MINILM_RT = {"model": "minilm", "data": "rotten_tomatoes", "max_validation_examples": 1000}
+ESTIMATORS = ("activation", "fisher", "hutchinson")
+
+
+def _method(method: str, estimator: str | None = None) -> dict[str, Any]:
+    return {"method": method} | ({"estimator": estimator} if estimator else {})
+
+
+def _label(method: str, estimator: str | None) -> str:
+    return f"senslora-{estimator}" if method == "senslora" else method
+
+
+def smoke() -> list[Experiment]:
+    base = MINILM_RT | {"max_train_examples": 64, "max_validation_examples": 64, "max_steps": 4, "epochs": 1}
+    base |= {"calibration_examples": 32}
+    return [
+        Experiment("smoke-lora", "smoke", base | _method("lora")),
+        Experiment("smoke-senslora", "smoke", base | _method("senslora", "activation")),
+    ]
+
+
+def quick() -> list[Experiment]:
+    base = MINILM_RT | {"max_train_examples": 1000, "max_validation_examples": 500, "epochs": 1}
+    grid = [("lora", None), *(("senslora", e) for e in ESTIMATORS), ("adalora", None), ("eva", None)]
+    experiments = []
+    for seed in (0, 1):
+        for method, estimator in grid:
+            name = f"quick-{_label(method, estimator)}-r4-s{seed}"
+            overrides = base | _method(method, estimator) | {"avg_rank": 4, "seed": seed, "budget_unit": "params"}
+            experiments.append(Experiment(name, "main", overrides))
+        experiments.append(
+            Experiment(
+                f"quick-senslora-activation-r2-s{seed}",
+                "half_budget",
+                base | _method("senslora", "activation") | {"avg_rank": 2, "seed": seed},
+            )
+        )
+    return experiments
+
+
+def full() -> list[Experiment]:
+    base = MINILM_RT | {"max_train_examples": 4000, "epochs": 3}
+    seeds = (0, 1, 2)
+    experiments: list[Experiment] = []
+    learning_rates = (5e-4, 1e-3, 2e-3)
+    for rank in (4, 8):
+        for seed in seeds:
+            for lr in learning_rates:
+                for method, estimator in [("lora", None), ("senslora", "activation")]:
+                    name = f"full-{_label(method, estimator)}-r{rank}-lr{lr:g}-s{seed}"
+                    overrides = _method(method, estimator) | {"avg_rank": rank, "learning_rate": lr, "seed": seed}
+                    experiments.append(Experiment(name, "lr_sweep", base | overrides | {"budget_unit": "params"}))
+            for method, estimator in [("senslora", "fisher"), ("senslora", "hutchinson"), ("adalora", None), ("eva", None)]:
+                name = f"full-{_label(method, estimator)}-r{rank}-s{seed}"
+                overrides = _method(method, estimator) | {"avg_rank": rank, "seed": seed, "budget_unit": "params"}
+                experiments.append(Experiment(name, "main", base | overrides))
+    for seed in seeds:
+        half = _method("senslora", "activation") | {"avg_rank": 2, "seed": seed}
+        experiments.append(Experiment(f"full-senslora-activation-r2-s{seed}", "half_budget", base | half))
+        ablations = {
+            "global-only": {"metrics": ["global"]},
+            "local-only": {"metrics": ["local"]},
+            "equal-weights": {"weighting": "equal"},
+            "pra": {"scheme": "pra"},
+            "alpha-fixed": {"alpha_mode": "fixed"},
+            "unit-rank": {"budget_unit": "rank"},
+            "attention-only": {"target_modules": ["query", "key", "value", "attention.output.dense"]},
+        }
+        for label, extra in ablations.items():
+            overrides = _method("senslora", "activation") | {"avg_rank": 4, "seed": seed} | extra
+            experiments.append(Experiment(f"full-ablation-{label}-s{seed}", "ablation", base | overrides))
+        for estimator in ("fisher", "hutchinson"):
+            for label, extra in {
+                "plain": {},
+                "warmup": {"head_warmup_steps": 50},
+                "cap": {"max_rank_factor": 2.0},
+                "warmup-cap": {"head_warmup_steps": 50, "max_rank_factor": 2.0},
+                "no-pooler": {"target_regex": r".*encoder\.layer\.\d+\..*"},
+            }.items():
+                overrides = _method("senslora", estimator) | {"avg_rank": 4, "seed": seed} | extra
+                experiments.append(Experiment(f"full-head-{estimator}-{label}-s{seed}", "head", base | overrides))
+    for seed in (0, 1):
+        lm = {"model": "smollm2", "data": "wikipedia", "max_length": 256, "max_train_examples": 400}
+        lm |= {"max_validation_examples": 100, "calibration_examples": 64, "batch_size": 8, "epochs": 1}
+        for method, estimator in [("lora", None), ("senslora", "activation")]:
+            overrides = lm | _method(method, estimator) | {"avg_rank": 8, "seed": seed, "learning_rate": 5e-4}
+            experiments.append(Experiment(f"full-smollm2-{_label(method, estimator)}-s{seed}", "decoder", overrides))
+    return experiments
+
+
+PROFILES = {"smoke": smoke, "quick": quick, "full": full}

@@ -1,0 +1,141 @@
+"""Run a benchmark profile: each experiment in its own process, one results JSON each, resumable.
+
+    python benchmarks/run.py --profile quick            # about 20 minutes on a 2-core CPU
+    python benchmarks/run.py --profile full --only lora # a subset of the full grid
+
+A rerun skips experiments whose results file exists. Each worker calls `senslora.pipeline.finetune` (the
+library's own pipeline) in a temporary run directory and records configuration, package versions,
+hardware, git commit, trainable parameters, per-module ranks, per-epoch metrics, the wall times of the
+sensitivity pass and of training, the mean step time and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from experiments import PROFILES, Experiment  # noqa: E402
+
+RESULTS = HERE / "results"
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def hardware() -> dict:
+    import torch
+
+    return {
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def adapter_ranks(run_dir: Path) -> dict[str, int]:
+    """Per-module ranks of the saved adapter: ranks.json for senslora, else the adapter config."""
+    if (run_dir / "ranks.json").exists():
+        document = json.loads((run_dir / "ranks.json").read_text())
+        return {m["name"]: m["rank"] for m in document["modules"]}
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    targets = config.get("target_modules") or []
+    pattern = config.get("rank_pattern") or {}
+    default = config.get("target_r") or config.get("r")
+    return {name: int(pattern.get(name, default)) for name in sorted(targets)}
+
+
+def run_worker(experiment: Experiment, output: Path) -> None:
+    """In a fresh process: run one experiment and write its results JSON."""
+    from senslora.cli import quiet_libraries
+    from senslora.config import RunConfig
+    from senslora.io import atomic_write_json
+    from senslora.pipeline import finetune, package_versions
+
+    quiet_libraries()
+    with tempfile.TemporaryDirectory() as temporary:
+        run_dir = Path(temporary) / "run"
+        config = RunConfig(**experiment.overrides, output_dir=str(run_dir), progress=False)
+        start = time.perf_counter()
+        metrics = finetune(config)
+        wall = time.perf_counter() - start
+        result = {
+            "experiment": experiment.name,
+            "group": experiment.group,
+            "overrides": experiment.overrides,
+            "config": config.to_dict(),
+            "versions": package_versions(),
+            "hardware": hardware(),
+            "git_commit": git_commit(),
+            "parameters": metrics["parameters"],
+            "ranks": adapter_ranks(run_dir),
+            "history": metrics["history"],
+            "validation": metrics["validation"],
+            "main_metric": metrics["main_metric"],
+            "best_epoch": metrics["best_epoch"],
+            "sensitivity_seconds": metrics["sensitivity_seconds"],
+            "train_seconds": metrics["train_seconds"],
+            "mean_step_seconds": metrics["mean_step_seconds"],
+            "global_step": metrics["global_step"],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "wall_seconds": wall,
+        }
+        if (run_dir / "sensitivity.json").exists():
+            sensitivity = json.loads((run_dir / "sensitivity.json").read_text())
+            result["sensitivity"] = {k: v for k, v in sensitivity.items() if k != "versions"}
+        atomic_write_json(output, result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
+    parser.add_argument("--only", help="run only experiments whose name contains this text")
+    parser.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results/<profile>")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    experiments = {e.name: e for e in PROFILES[args.profile]()}
+    results_dir = args.results_dir or RESULTS / args.profile
+    if args.worker:
+        run_worker(experiments[args.worker], results_dir / f"{args.worker}.json")
+        return 0
+    selected = [e for e in experiments.values() if not args.only or args.only in e.name]
+    failures = 0
+    for index, experiment in enumerate(selected, 1):
+        output = results_dir / f"{experiment.name}.json"
+        if output.exists():
+            print(f"[{index}/{len(selected)}] {experiment.name}: done already, skipped")
+            continue
+        start = time.perf_counter()
+        command = [sys.executable, str(Path(__file__).resolve()), "--profile", args.profile]
+        command += ["--results-dir", str(results_dir), "--worker", experiment.name]
+        completed = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        seconds = time.perf_counter() - start
+        if completed.returncode != 0 or not output.exists():
+            failures += 1
+            print(f"[{index}/{len(selected)}] {experiment.name}: FAILED (exit {completed.returncode})")
+            continue
+        result = json.loads(output.read_text())
+        metric = result["main_metric"]
+        print(f"[{index}/{len(selected)}] {experiment.name}: {metric} {result['validation'][metric]:.4f} ({seconds:.0f} s)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

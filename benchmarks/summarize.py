@@ -1,0 +1,240 @@
+"""Turn benchmark results into markdown tables and PNG plots (mean and standard deviation over seeds).
+
+    python benchmarks/summarize.py --profile quick     # writes benchmarks/results/quick/summary.md + PNGs
+
+The tables are pasted into BENCHMARKS.md together with the commands that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def load_results(directory: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(directory.glob("*.json")) if path.name != "summary.json"]
+
+
+def method_label(result: dict[str, Any]) -> str:
+    overrides = result["overrides"]
+    method = overrides.get("method", "senslora")
+    if method != "senslora":
+        return method
+    label = f"senslora ({overrides.get('estimator', 'activation')})"
+    extras = [f"{k}={v}" for k, v in sorted(overrides.items()) if k in ABLATION_KEYS]
+    return label + (" " + ", ".join(extras) if extras else "")
+
+
+ABLATION_KEYS = {
+    "metrics",
+    "weighting",
+    "scheme",
+    "alpha_mode",
+    "budget_unit",
+    "target_modules",
+    "target_regex",
+    "head_warmup_steps",
+    "max_rank_factor",
+}
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float, int]:
+    values = list(values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), spread, len(values)
+
+
+def largest_share(ranks: dict[str, int]) -> tuple[str, float]:
+    total = sum(ranks.values()) or 1
+    name = max(sorted(ranks), key=lambda n: ranks[n])
+    return name, ranks[name] / total
+
+
+def cell_key(result: dict[str, Any]) -> tuple[str, int, float]:
+    config = result["config"]
+    return method_label(result), config["avg_rank"], config["learning_rate"]
+
+
+def group_cells(results: list[dict[str, Any]]) -> dict[tuple[str, int, float], list[dict[str, Any]]]:
+    cells: dict[tuple[str, int, float], list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        cells[cell_key(result)].append(result)
+    return cells
+
+
+def quality_table(results: list[dict[str, Any]], baseline: str = "lora") -> list[str]:
+    """One row per (method, rank, lr): metric mean ± std, seeds, exact parameters, cost ratios vs LoRA."""
+    cells = group_cells(results)
+    lines = [
+        "| method | avg rank | lr | main metric (mean ± std) | seeds | adapter params | step time / LoRA "
+        "| peak memory / LoRA | sensitivity / training time | largest module share |",
+        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    reference: dict[tuple[int, float], dict[str, float]] = {}
+    for (label, rank, lr), runs in cells.items():
+        if label == baseline:
+            reference[(rank, lr)] = {
+                "step": statistics.fmean(r["mean_step_seconds"] for r in runs),
+                "memory": statistics.fmean(r["peak_rss_mb"] for r in runs),
+            }
+    for (label, rank, lr), runs in sorted(cells.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
+        metric = runs[0]["main_metric"]
+        mean, spread, count = mean_std(r["validation"][metric] for r in runs)
+        params = sorted({r["parameters"]["adapter"] for r in runs})
+        ref = reference.get((rank, lr)) or next((v for (r_, _), v in reference.items() if r_ == rank), None)
+        step = statistics.fmean(r["mean_step_seconds"] for r in runs)
+        memory = statistics.fmean(r["peak_rss_mb"] for r in runs)
+        sensitivity = statistics.fmean(r["sensitivity_seconds"] / r["train_seconds"] for r in runs)
+        share = max(largest_share(r["ranks"])[1] for r in runs)
+        lines.append(
+            f"| {label} | {rank} | {lr:g} | {metric} {mean:.4f} ± {spread:.4f} | {count} | "
+            f"{', '.join(f'{p:,}' for p in params)} | {step / ref['step']:.3f} | {memory / ref['memory']:.3f} | "
+            f"{sensitivity:.2%} | {share:.1%} |"
+            if ref
+            else f"| {label} | {rank} | {lr:g} | {metric} {mean:.4f} ± {spread:.4f} | {count} | "
+            f"{', '.join(f'{p:,}' for p in params)} | - | - | {sensitivity:.2%} | {share:.1%} |"
+        )
+    return lines
+
+
+def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """Ranks per layer for each module type, one panel per estimator (first seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from senslora.module_types import infer_module_type, order_module_types
+
+    chosen: dict[str, dict[str, int]] = {}
+    for result in sorted(results, key=lambda r: r["config"]["seed"]):
+        label = method_label(result)
+        if label.startswith("senslora (") and "=" not in label and label not in chosen:
+            chosen[label] = result["ranks"]
+    if not chosen:
+        return None
+    figure, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 4), sharey=True, squeeze=False)
+    for axis, (label, ranks) in zip(axes[0], sorted(chosen.items()), strict=True):
+        series: dict[str, dict[int, int]] = defaultdict(dict)
+        for name, rank in ranks.items():
+            layer, module_type = infer_module_type(name)
+            if layer is not None:
+                series[module_type][layer] = rank
+        for module_type in order_module_types(list(series)):
+            points = sorted(series[module_type].items())
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=module_type)
+        axis.set_title(label)
+        axis.set_xlabel("layer")
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("LoRA rank")
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=96)
+    plt.close(figure)
+    return path
+
+
+def plot_quality_vs_budget(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """Main metric against adapter parameters, mean ± std over seeds, one series per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for (label, _rank, _lr), runs in group_cells(results).items():
+        metric = runs[0]["main_metric"]
+        mean, spread, _ = mean_std(r["validation"][metric] for r in runs)
+        params = statistics.fmean(r["parameters"]["adapter"] for r in runs)
+        series[label].append((params, mean, spread))
+    if not series:
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for label, points in sorted(series.items()):
+        points.sort()
+        axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                      capsize=3, label=label)  # fmt: skip
+    axis.set_xlabel("trainable adapter parameters")
+    axis.set_ylabel(results[0]["main_metric"])
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=96)
+    plt.close(figure)
+    return path
+
+
+def plot_cost_ratios(results: list[dict[str, Any]], path: Path) -> Path | None:
+    """Step time and peak memory of each method relative to uniform LoRA, and sensitivity/training time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        by_label[method_label(result)].append(result)
+    if "lora" not in by_label:
+        return None
+    lora_step = statistics.fmean(r["mean_step_seconds"] for r in by_label["lora"])
+    lora_memory = statistics.fmean(r["peak_rss_mb"] for r in by_label["lora"])
+    labels = sorted(by_label)
+    step = [statistics.fmean(r["mean_step_seconds"] for r in by_label[k]) / lora_step for k in labels]
+    memory = [statistics.fmean(r["peak_rss_mb"] for r in by_label[k]) / lora_memory for k in labels]
+    figure, axis = plt.subplots(figsize=(8, 4))
+    positions = range(len(labels))
+    axis.bar([p - 0.2 for p in positions], step, width=0.4, label="step time / LoRA")
+    axis.bar([p + 0.2 for p in positions], memory, width=0.4, label="peak memory / LoRA")
+    axis.axhline(1.05, color="grey", linestyle="--", linewidth=1, label="goal 1.05")
+    axis.set_xticks(list(positions), labels, rotation=20, ha="right", fontsize=8)
+    axis.set_ylabel("ratio to uniform LoRA")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=96)
+    plt.close(figure)
+    return path
+
+
+def summarize(directory: Path) -> str:
+    results = load_results(directory)
+    if not results:
+        raise SystemExit(f"no results in {directory}")
+    by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        by_group[result["group"]].append(result)
+    sections = [f"Results: {len(results)} experiments in `{directory.relative_to(HERE.parent)}`.", ""]
+    for group in sorted(by_group):
+        sections += [f"### {group}", "", *quality_table(by_group[group]), ""]
+    figures = [
+        plot_rank_profiles(results, directory / "rank_profiles.png"),
+        plot_quality_vs_budget(results, directory / "quality_vs_budget.png"),
+        plot_cost_ratios(results, directory / "cost_ratios.png"),
+    ]
+    for figure in figures:
+        if figure is not None:
+            sections.append(f"![{figure.stem}]({figure.relative_to(HERE.parent)})")
+    text = "\n".join(sections) + "\n"
+    (directory / "summary.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--results-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    print(summarize(args.results_dir or RESULTS / args.profile))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
