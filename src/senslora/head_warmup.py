@@ -41,6 +41,9 @@ def warm_up_head(
 ) -> dict[str, Any]:
     """Train the task head alone for `steps` AdamW steps over the (cycled) batches; the rest stays frozen.
 
+    The warmed head is kept; to measure with it and then train from the original head, take
+    `snapshot_head` before and `restore_head` after the sensitivity pass.
+
     Returns:
         A JSON-able record: steps, learning rate, trained parameter names and count, loss before and after.
 
@@ -86,3 +89,16 @@ def warm_up_head(
         "loss_first": losses[0],
         "loss_last": losses[-1],
     }
+
+
+def snapshot_head(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the task-head parameters."""
+    return {name: parameter.detach().clone() for name, parameter in task_head_parameters(model).items()}
+
+
+def restore_head(model: nn.Module, snapshot: dict[str, torch.Tensor]) -> None:
+    """Put back task-head parameters taken with `snapshot_head`."""
+    head = task_head_parameters(model)
+    with torch.no_grad():
+        for name, value in snapshot.items():
+            head[name].copy_(value)
