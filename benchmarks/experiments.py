@@ -78,7 +78,8 @@ def full() -> list[Experiment]:
                     name = f"full-{_label(method, estimator)}-r{rank}-lr{lr:g}-s{seed}"
                     overrides = _method(method, estimator) | {"avg_rank": rank, "learning_rate": lr, "seed": seed}
                     experiments.append(Experiment(name, "lr_sweep", base | overrides | {"budget_unit": "params"}))
-            for method, estimator in [("senslora", "fisher"), ("senslora", "hutchinson"), ("adalora", None), ("eva", None)]:
+            others = [("senslora", "fisher"), ("senslora", "hutchinson"), ("adalora", None), ("eva", None)]
+            for method, estimator in others:
                 name = f"full-{_label(method, estimator)}-r{rank}-s{seed}"
                 overrides = _method(method, estimator) | {"avg_rank": rank, "seed": seed, "budget_unit": "params"}
                 experiments.append(Experiment(name, "main", base | overrides))

@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result = json.loads(output.read_text())
         metric = result["main_metric"]
-        print(f"[{index}/{len(selected)}] {experiment.name}: {metric} {result['validation'][metric]:.4f} ({seconds:.0f} s)")
+        value = result["validation"][metric]
+        print(f"[{index}/{len(selected)}] {experiment.name}: {metric} {value:.4f} ({seconds:.0f} s)")
     return 1 if failures else 0
 
 
