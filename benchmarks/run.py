@@ -51,15 +51,21 @@ def hardware() -> dict:
 
 
 def adapter_ranks(run_dir: Path) -> dict[str, int]:
-    """Per-module ranks of the saved adapter: ranks.json for senslora, else the adapter config."""
-    if (run_dir / "ranks.json").exists():
-        document = json.loads((run_dir / "ranks.json").read_text())
-        return {m["name"]: m["rank"] for m in document["modules"]}
-    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    targets = config.get("target_modules") or []
-    pattern = config.get("rank_pattern") or {}
-    default = config.get("target_r") or config.get("r")
-    return {name: int(pattern.get(name, default)) for name in sorted(targets)}
+    """Per-module ranks of the saved adapter, read from its weights (PEFT may shorten target names).
+
+    LoRA and EVA: rows of lora_A; AdaLoRA: the singular values left unpruned (non-zero lora_E).
+    """
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    ranks: dict[str, int] = {}
+    for key, tensor in weights.items():
+        module = key.removeprefix("base_model.model.")
+        if module.endswith(".lora_E"):
+            ranks[module.removesuffix(".lora_E")] = int((tensor != 0).sum())
+        elif module.endswith(".lora_A.weight") and module.removesuffix(".lora_A.weight") not in ranks:
+            ranks[module.removesuffix(".lora_A.weight")] = int(tensor.shape[0])
+    return dict(sorted(ranks.items()))
 
 
 def run_worker(experiment: Experiment, output: Path) -> None:

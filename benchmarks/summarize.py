@@ -94,14 +94,15 @@ def quality_table(results: list[dict[str, Any]], baseline: str = "lora") -> list
         step = statistics.fmean(r["mean_step_seconds"] for r in runs)
         memory = statistics.fmean(r["peak_rss_mb"] for r in runs)
         sensitivity = statistics.fmean(r["sensitivity_seconds"] / r["train_seconds"] for r in runs)
-        share = max(largest_share(r["ranks"])[1] for r in runs)
+        shares = [largest_share(r["ranks"])[1] for r in runs if r.get("ranks")]
+        share_text = f"{max(shares):.1%}" if shares else "-"
         lines.append(
             f"| {label} | {rank} | {lr:g} | {metric} {mean:.4f} ± {spread:.4f} | {count} | "
             f"{', '.join(f'{p:,}' for p in params)} | {step / ref['step']:.3f} | {memory / ref['memory']:.3f} | "
-            f"{sensitivity:.2%} | {share:.1%} |"
+            f"{sensitivity:.2%} | {share_text} |"
             if ref
             else f"| {label} | {rank} | {lr:g} | {metric} {mean:.4f} ± {spread:.4f} | {count} | "
-            f"{', '.join(f'{p:,}' for p in params)} | - | - | {sensitivity:.2%} | {share:.1%} |"
+            f"{', '.join(f'{p:,}' for p in params)} | - | - | {sensitivity:.2%} | {share_text} |"
         )
     return lines
 
@@ -118,7 +119,7 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
     chosen: dict[str, dict[str, int]] = {}
     for result in sorted(results, key=lambda r: r["config"]["seed"]):
         label = method_label(result)
-        if label.startswith("senslora (") and "=" not in label and label not in chosen:
+        if label.startswith("senslora (") and "=" not in label and label not in chosen and result.get("ranks"):
             chosen[label] = result["ranks"]
     if not chosen:
         return None
