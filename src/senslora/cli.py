@@ -1,7 +1,9 @@
 """The `senslora` command line: parses options and calls the library; nothing else.
 
-Exit codes: 0 success, 2 bad input (one line on stderr), 3 training diverged (NaN/inf), 1 internal
-error (one line; set SENSLORA_DEBUG=1 for the traceback), 130 interrupted.
+Exit codes: 0 success, 2 bad input (one line on stderr naming the input; argparse usage errors too),
+3 training diverged (NaN/inf), 1 internal error (one line; set SENSLORA_DEBUG=1 for the traceback),
+130 interrupted. Every input is checked before the expensive work it would spoil; docs/reliability.md
+lists each input, its bad forms and the message.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -18,6 +21,7 @@ from typing import Any, NoReturn
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 EXIT_INTERNAL = 1
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
 
 DATA_OPTIONS = [
     "model", "data", "task", "text_column", "text_pair_column", "label_column", "prompt_column",
@@ -36,11 +40,38 @@ ALLOCATION_OPTIONS = [
 EVALUATION_OPTIONS = ["eval_batch_size", "max_generation_examples", "max_new_tokens"]
 
 
+def printable(text: str, stream: Any) -> str:
+    """`text` with whatever `stream` cannot encode (e.g. lone surrogates from odd argv bytes) escaped."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def print_error(text: str) -> None:
+    """One line on stderr."""
+    print(printable(" ".join(text.split()), sys.stderr), file=sys.stderr)
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit code 2."""
+    """argparse that reports a usage error as one line and exit code 2.
+
+    Values such as `-1e-3` or `-inf` count as (negative) numbers, not as option names, so that a bad value
+    reaches the range check that names it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        if message:
+            stream = file or sys.stderr
+            super()._print_message(printable(message, stream), stream)
 
 
 def _optional(parse):
@@ -123,6 +154,7 @@ def build_parser() -> ArgumentParser:
     )
     evaluate.add_argument("--adapter", required=True, help="PEFT adapter directory (e.g. RUN_DIR/adapter)")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
+    _add_field(evaluate, "overwrite")
     evaluate.set_defaults(handler=run_evaluate_command)
 
     add_report_commands(subparsers)
@@ -143,7 +175,11 @@ def resolve_config(args: argparse.Namespace):
     return config
 
 
-def _refuse_existing(path: Path, overwrite: bool) -> None:
+def _check_output_file(path: Path, overwrite: bool) -> None:
+    """A file we may write: not a directory, not under a file, writable, and not replacing one silently."""
+    from senslora.io import check_output_path
+
+    check_output_path(path, "output file")
     if path.exists() and not overwrite:
         raise ValueError(f"{path} already exists; pass --overwrite to replace it")
 
@@ -151,13 +187,16 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
 def run_sensitivity_command(args: argparse.Namespace) -> int:
     from senslora.io import atomic_write_text
     from senslora.metrics import sensitivities_to_json
-    from senslora.pipeline import calibration_batches, prepare, run_sensitivity
+    from senslora.pipeline import calibration_batches, load_calibration_data, load_data, prepare, run_sensitivity
 
     config = resolve_config(args)
     output = Path(args.output)
-    _refuse_existing(output, config.overwrite)
-    prepared = prepare(config)
-    sensitivities, metadata = run_sensitivity(config, prepared, calibration_batches(config, prepared))
+    _check_output_file(output, config.overwrite)
+    data = load_data(config)
+    calibration_data = load_calibration_data(config, data)
+    prepared = prepare(config, data)
+    batches = calibration_batches(config, prepared, calibration_data)
+    sensitivities, metadata = run_sensitivity(config, prepared, batches)
     atomic_write_text(output, sensitivities_to_json(sensitivities, metadata))
     print(f"{len(sensitivities)} modules, {config.estimator} estimator, {metadata['seconds']:.1f} s -> {output}")
     return 0
@@ -169,7 +208,7 @@ def run_allocate_command(args: argparse.Namespace) -> int:
 
     config = resolve_config(args)
     output = Path(args.output)
-    _refuse_existing(output, config.overwrite)
+    _check_output_file(output, config.overwrite)
     sensitivities, _ = load_sensitivity_file(args.sensitivity)
     allocation = run_allocation(config, sensitivities)
     atomic_write_json(output, allocation.to_dict())
@@ -196,6 +235,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from senslora.pipeline import evaluate_adapter
 
     config = resolve_config(args)
+    if args.output:
+        _check_output_file(Path(args.output), config.overwrite)
     metrics = evaluate_adapter(config, args.adapter)
     if args.output:
         atomic_write_json(args.output, metrics)
@@ -209,6 +250,8 @@ def quiet_libraries() -> None:
 
     import transformers
 
+    if getattr(warnings.showwarning, "senslora", False):
+        return  # already installed: never wrap our own handler again
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -225,6 +268,7 @@ def quiet_libraries() -> None:
         else:
             default_show(message, category, filename, lineno, file, line)
 
+    show.senslora = True
     warnings.showwarning = show
 
 
@@ -237,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        print("senslora: interrupted; an unfinished run continues with --resume", file=sys.stderr)
+        print_error("senslora: interrupted; an unfinished run continues with --resume")
         return 130
     except ValueError as error:
         if debug:
@@ -245,17 +289,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         from senslora.training import TrainingDivergedError
 
         code = EXIT_DIVERGED if isinstance(error, TrainingDivergedError) else EXIT_USER_ERROR
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"senslora {args.command}: error: {message}", file=sys.stderr)
+        print_error(f"senslora {args.command}: error: {str(error) or type(error).__name__}")
         return code
+    except OSError as error:  # a path the user gave: missing, unreadable, unwritable, full disk
+        if debug:
+            raise
+        where = f" {str(error.filename)!r}" if error.filename else ""
+        print_error(f"senslora {args.command}: error:{where} {error.strerror or error}")
+        return EXIT_USER_ERROR
     except Exception as error:
         if debug:
             raise
-        message = " ".join(str(error).split())[:500]
-        print(
-            f"senslora {args.command}: internal error: {type(error).__name__}: {message} "
-            "(set SENSLORA_DEBUG=1 for the traceback)",
-            file=sys.stderr,
+        print_error(
+            f"senslora {args.command}: internal error: {type(error).__name__}: {str(error)[:500]} "
+            "(set SENSLORA_DEBUG=1 for the traceback)"
         )
         return EXIT_INTERNAL
 

@@ -7,8 +7,10 @@ average rank 4, sized to finish in minutes on a 2-core CPU.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -22,6 +24,9 @@ from senslora.methods import METHODS
 from senslora.peft_export import ALPHA_MODES
 from senslora.sensitivity import ESTIMATORS
 from senslora.training import PRECISIONS, SCHEDULERS, TrainingConfig
+
+MAX_INT = 2**31 - 1  # largest integer option: keeps seeds, counts and lengths inside every library's range
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 
 
 def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
@@ -108,13 +113,20 @@ class RunConfig:
     seed: int = option(0, "seed of data splits, sampling, initialisation and training")
     # run
     output_dir: str | None = option(None, "run directory (default: runs/<model>-<data>-<method>-r<rank>-s<seed>)")
-    overwrite: bool = option(False, "replace a finished run in output_dir")
+    overwrite: bool = option(False, "replace an existing output: a finished run in output_dir, or the --output file")
     resume: bool = option(False, "continue an unfinished run in output_dir from its last checkpoint")
     device: str = option("auto", "auto, cpu, cuda, cuda:N or mps")
     progress: bool = option(True, "show progress bars")
 
     def validate(self) -> None:
-        """Raise ValueError naming the first option with a value that is not allowed."""
+        """Raise ValueError naming the first option with a value that is not allowed.
+
+        Covers every option on its own (type, range, finite, non-empty) and the pairs that must agree;
+        nothing is loaded, so this runs before any expensive work.
+        """
+        hints = field_types()
+        for item in fields(self):
+            _check_type(item.name, hints[item.name], getattr(self, item.name))
         for item in fields(self):
             choices = item.metadata.get("choices")
             value = getattr(self, item.name)
@@ -123,26 +135,72 @@ class RunConfig:
                 bad = [v for v in values if v not in choices]
                 if bad:
                     raise ValueError(f"{item.name}: {bad[0]!r} is not allowed; choose from {', '.join(choices)}")
-        positive = ["max_length", "calibration_examples", "calibration_batch_size", "avg_rank", "num_probes"]
-        for name in [*positive, "num_groups"]:
+        positive = ["calibration_examples", "calibration_batch_size", "avg_rank", "num_probes", "num_groups"]
+        for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         for name in ("max_train_examples", "max_validation_examples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or none, got {value}")
+        if not 0 <= self.seed <= MAX_INT:
+            raise ValueError(f"seed must lie in [0, {MAX_INT}], got {self.seed}")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction must lie strictly between 0 and 1, got {self.validation_fraction}")
+        for name in ("topk_fraction", "energy_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
         if self.head_warmup_steps < 0:
             raise ValueError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
+        if self.min_rank < 0:
+            raise ValueError(f"min_rank must be >= 0, got {self.min_rank}")
+        if self.min_rank > self.avg_rank:
+            raise ValueError(
+                f"min_rank {self.min_rank} exceeds avg_rank {self.avg_rank}: the budget is too small to give every "
+                "module its minimum"
+            )
+        if self.max_rank is not None and self.max_rank < max(1, self.min_rank):
+            raise ValueError(f"max_rank must be >= max(1, min_rank={self.min_rank}) or none, got {self.max_rank}")
+        if self.max_rank_factor is not None and not 1 <= self.max_rank_factor * self.avg_rank <= MAX_INT:
+            raise ValueError(
+                f"max_rank_factor must give a cap floor(factor x avg_rank) between 1 and {MAX_INT}, "
+                f"got {self.max_rank_factor}"
+            )
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
         if self.lora_alpha is not None and not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
             raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}")
+        columns = ["text_column", "text_pair_column", "label_column", "prompt_column", "response_column"]
+        given = [(name, getattr(self, name)) for name in columns if getattr(self, name) is not None]
+        for index, (name, value) in enumerate(given):
+            other = next((o for o, v in given[index + 1 :] if v == value), None)
+            if other is not None:
+                raise ValueError(f"{name} and {other} both name column {value!r}; each role needs its own column")
         if self.target_modules is not None and self.target_regex is not None:
             raise ValueError("give target_modules or target_regex, not both")
+        if self.target_modules is not None and not self.target_modules:
+            raise ValueError("target_modules must name at least one module")
+        if self.target_regex is not None:
+            try:
+                re.compile(self.target_regex)
+            except (re.error, RecursionError, OverflowError) as error:
+                raise ValueError(
+                    f"target_regex {self.target_regex!r} is not a valid regular expression: {error}"
+                ) from None
+        if not self.metrics:
+            raise ValueError(f"metrics must name at least one of {', '.join(METRIC_GROUPS)}")
+        if self.ranks is not None and self.method != "senslora":
+            raise ValueError(f"ranks applies to method senslora only, not to method {self.method!r}")
         if self.overwrite and self.resume:
             raise ValueError("--overwrite and --resume exclude each other")
-        if self.max_generation_examples < 0 or self.max_new_tokens < 1:
-            raise ValueError("max_generation_examples must be >= 0 and max_new_tokens >= 1")
+        if self.max_generation_examples < 0:
+            raise ValueError(f"max_generation_examples must be >= 0, got {self.max_generation_examples}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"device {self.device!r} is not allowed; use auto, cpu, cuda, cuda:N or mps")
         self.training().validate()
 
     @property
@@ -169,8 +227,9 @@ class RunConfig:
         return asdict(self)
 
 
+@functools.cache
 def field_types() -> dict[str, Any]:
-    """Resolved type annotations of RunConfig's fields."""
+    """Resolved type annotations of RunConfig's fields (computed once: the class does not change)."""
     return typing.get_type_hints(RunConfig)
 
 
@@ -184,6 +243,38 @@ def base_type(annotation: Any) -> tuple[Any, bool, bool]:
     if typing.get_origin(annotation) is list:
         return typing.get_args(annotation)[0], optional, True
     return annotation, optional, False
+
+
+def _check_type(name: str, annotation: Any, value: Any) -> None:
+    """Raise ValueError if `value` does not fit the field's type, is a non-finite number, an integer
+    beyond MAX_INT, or an empty string (or one holding a NUL character)."""
+    scalar, optional, is_list = base_type(annotation)
+    if value is None:
+        if optional:
+            return
+        raise ValueError(f"{name} must not be empty (none)")
+    values = value if is_list else [value]
+    if is_list and not isinstance(value, list):
+        raise ValueError(f"{name} must be a list, got {value!r}")
+    for item in values:
+        if scalar is bool:
+            if not isinstance(item, bool):
+                raise ValueError(f"{name} must be true or false, got {item!r}")
+        elif scalar is int:
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise ValueError(f"{name} must be an integer, got {item!r}")
+            if abs(item) > MAX_INT:
+                raise ValueError(f"{name} must be an integer of at most {MAX_INT}, got {item}")
+        elif scalar is float:
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise ValueError(f"{name} must be a number, got {item!r}")
+            if not math.isfinite(item):
+                raise ValueError(f"{name} must be a finite number, got {item!r}")
+        else:
+            if not isinstance(item, str):
+                raise ValueError(f"{name} must be a string, got {item!r}")
+            if not item.strip() or "\x00" in item:
+                raise ValueError(f"{name} must be a non-empty string without NUL characters, got {item!r}")
 
 
 def coerce_value(name: str, value: Any) -> Any:
@@ -209,6 +300,11 @@ def coerce_scalar(name: str, scalar: Any, value: Any) -> Any:
             raise ValueError(f"config key {name!r} must be an integer, got {value!r}")
         return value
     if scalar is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"config key {name!r} must be a number, got {value!r}")
         return float(value)

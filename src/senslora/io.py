@@ -1,6 +1,9 @@
 """Atomic file output: write to a temporary file beside the target, then rename over it.
 
-A crash mid-write leaves either the old file or the new one, never a truncated one.
+A crash mid-write leaves either the old file or the new one, never a truncated one. A directory is
+replaced in two renames (old -> `.NAME.old`, new -> NAME); `recover_directory` puts the old one back if a
+crash fell between them. The one non-atomic writer is the append-only log (`append_line`), whose torn
+last line `truncate_log` removes before a run continues.
 """
 
 from __future__ import annotations
@@ -55,11 +58,12 @@ def atomic_directory(path: str | os.PathLike[str], write: Callable[[Path], None]
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         write(temporary)
         if target.exists():
-            retired = target.with_name(f".{target.name}.old")
+            retired = _retired(target)
             shutil.rmtree(retired, ignore_errors=True)
             os.replace(target, retired)
             os.replace(temporary, target)
@@ -82,3 +86,86 @@ def read_text(path: str | os.PathLike[str], what: str) -> str:
         raise ValueError(f"{what} {str(path)!r} is a directory, expected a file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{what} {str(path)!r} cannot be read: {error}") from None
+
+
+def _retired(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_directory(path: str | os.PathLike[str]) -> bool:
+    """Undo a directory replacement cut short between its two renames; True if something was restored."""
+    target = Path(path)
+    retired = _retired(target)
+    if not target.exists() and retired.is_dir():
+        os.replace(retired, target)
+        return True
+    return False
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str]) -> list[Path]:
+    """Delete the `.NAME.*.tmp` files and directories an interrupted atomic write left in `directory`."""
+    removed = []
+    folder = Path(directory)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> None:
+    """Append one line to an append-only log and flush it to disk (a crash can tear only this line)."""
+    if "\n" in line:
+        raise ValueError("a log line must not contain a newline")
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(line + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
+
+
+def truncate_log(path: str | os.PathLike[str], size: int | None = None) -> int:
+    """Cut an append-only log to its first `size` bytes (all if None), then back to its last complete line.
+
+    Returns:
+        The new size in bytes (0 if the file does not exist; it is then created empty).
+    """
+    target = Path(path)
+    data = target.read_bytes() if target.exists() else b""
+    kept = data if size is None else data[: max(0, size)]
+    kept = kept[: kept.rfind(b"\n") + 1]
+    if kept != data or not target.exists():
+        atomic_write_bytes(target, kept)
+    return len(kept)
+
+
+def check_output_path(path: str | os.PathLike[str], what: str, *, directory: bool = False) -> None:
+    """Raise ValueError, naming `what`, if `path` cannot become a file (or a directory) we write.
+
+    Checks, without creating anything: the path is not of the other kind, no existing ancestor is a file,
+    and the nearest existing ancestor is writable.
+    """
+    target = Path(path)
+    text = str(path)
+    if "\x00" in text:
+        raise ValueError(f"{what} {text!r} contains a NUL character")
+    try:
+        if target.exists():
+            if directory and not target.is_dir():
+                raise ValueError(f"{what} {text!r} is a file, expected a directory")
+            if not directory and target.is_dir():
+                raise ValueError(f"{what} {text!r} is a directory, expected a file path")
+        ancestor = target.absolute().parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+    except OSError as error:
+        raise ValueError(f"{what} {text!r} is not a usable path: {error.strerror or error}") from None
+    if not ancestor.is_dir():
+        raise ValueError(f"{what} {text!r} lies under {str(ancestor)!r}, which is a file, not a directory")
+    writable_dir = target if directory and target.is_dir() else ancestor
+    if not os.access(writable_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {text!r} is not writable (no write permission in {str(writable_dir)!r})")

