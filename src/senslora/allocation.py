@@ -52,14 +52,21 @@ def _check_choice(name: str, value: str, allowed: Sequence[str]) -> None:
 def fusion_weight(values: Sequence[float], weighting: str = "cv") -> float:
     """c(S) = std(S) / mean(S)^2 for "cv", 0.5 / mean(S) for "equal"; 0 if mean or std is 0.
 
-    std is the population standard deviation over all adapted matrices.
+    std is the population standard deviation over all adapted matrices. The coefficient of variation
+    std/mean is computed on values divided by their largest magnitude, so metrics anywhere between
+    1e-300 and 1e300 neither underflow nor overflow when squared.
     """
     _check_choice("weighting", weighting, WEIGHTINGS)
-    mean = statistics.fmean(values)
-    std = statistics.pstdev(values, mu=mean)
-    if mean == 0.0 or std <= 1e-12 * abs(mean):
+    largest = max((abs(v) for v in values), default=0.0)
+    if largest == 0.0:
         return 0.0
-    return std / mean**2 if weighting == "cv" else 0.5 / mean
+    scaled = [v / largest for v in values]
+    scaled_mean = statistics.fmean(scaled)
+    scaled_std = statistics.pstdev(scaled, mu=scaled_mean)
+    if scaled_mean == 0.0 or scaled_std <= 1e-12 * abs(scaled_mean):
+        return 0.0
+    mean = scaled_mean * largest
+    return (scaled_std / scaled_mean) / mean if weighting == "cv" else 0.5 / mean
 
 
 def fuse_scores(
@@ -344,7 +351,7 @@ def allocate_ranks(
     theta = [1.0 if uniform_fallback else theta_by_name[n] for n in names]
     high = [float(max_rank) if max_rank is not None else math.inf for _ in names]
 
-    if scheme == "sra":
+    if scheme == "sra" or uniform_fallback:  # nothing informative: uniform, whatever the scheme
         base, slope = [0.0] * len(names), theta
     else:
         order = sorted(range(len(names)), key=lambda i: (-theta[i], names[i]))
