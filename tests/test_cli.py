@@ -217,3 +217,16 @@ class _nullcontext:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_label_free_calibration_source_for_activation(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+    texts = tmp_path / "other.txt"
+    texts.write_text("\n".join(f"an unrelated sentence number {i} about the weather" for i in range(40)))
+    output = tmp_path / "sensitivity.json"
+    base = ["sensitivity", "--model", tiny_bert_dir, "--data", sentiment_csv, "--calibration-data", texts]
+    code, _, err = run_cli([*base, "--output", output, "--no-progress", "--calibration-examples", "16"], capsys)
+    assert code == 0, err
+    _, metadata = sensitivities_from_json(output.read_text())
+    assert metadata["calibration"]["examples"] == 16 and str(texts) in metadata["calibration"]["source"]
+    code, _, err = run_cli([*base, "--output", tmp_path / "f.json", "--estimator", "fisher", "--no-progress"], capsys)
+    assert code == 2 and "no labels" in err

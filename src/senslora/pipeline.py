@@ -35,6 +35,7 @@ from senslora.data import (
     make_batches,
     make_collator,
     tokenize_dataset,
+    tokenize_texts,
 )
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import warm_up_head
@@ -171,10 +172,11 @@ def load_calibration_data(config: RunConfig, data: TaskData) -> datasets.Dataset
         )
     except ValueError as error:
         raise ValueError(f"calibration data {config.calibration_data!r}: {error}") from None
-    if data.task in ("classification", "regression") and "label" not in calibration_data.column_names:
+    labelled_task = data.task in ("classification", "regression")
+    if labelled_task and "label" not in calibration_data.column_names and config.estimator != "activation":
         raise ValueError(
-            f"calibration data {config.calibration_data!r} has no labels; it can calibrate the "
-            "activation estimator only of a text task, or use the training data"
+            f"calibration data {config.calibration_data!r} has no labels, which the {config.estimator} "
+            "estimator needs; use the activation estimator or labelled calibration data"
         )
     return calibration_data
 
@@ -190,7 +192,11 @@ def calibration_batches(
     data = prepared.data
     if calibration_data is None:
         calibration_data = load_calibration_data(config, data)
-    tokenized = tokenize_dataset(calibration_data, prepared.tokenizer, data, max_length=config.max_length)
+    if data.task in ("classification", "regression") and "label" not in calibration_data.column_names:
+        # Label-free text (e.g. Wikipedia) for the activation estimator: inputs only.
+        tokenized = tokenize_texts(calibration_data, prepared.tokenizer, max_length=config.max_length)
+    else:
+        tokenized = tokenize_dataset(calibration_data, prepared.tokenizer, data, max_length=config.max_length)
     if len(tokenized) == 0:
         raise ValueError("the calibration data is empty after tokenization")
     collator = make_collator(prepared.tokenizer, data.task)
