@@ -117,9 +117,10 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
     from senslora.module_types import infer_module_type, order_module_types
 
     chosen: dict[str, dict[str, int]] = {}
-    for result in sorted(results, key=lambda r: r["config"]["seed"]):
-        label = method_label(result)
-        if label.startswith("senslora (") and "=" not in label and label not in chosen and result.get("ranks"):
+    for result in sorted(results, key=lambda r: (r["group"] != "main", r["config"]["seed"])):
+        config = result["config"]
+        label = f"senslora ({config['estimator']}), average rank {config['avg_rank']}"
+        if config["method"] == "senslora" and label not in chosen and result.get("ranks"):
             chosen[label] = result["ranks"]
     if not chosen:
         return None
