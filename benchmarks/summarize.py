@@ -206,6 +206,14 @@ def plot_cost_ratios(results: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+def _shown(path: Path) -> str:
+    """A path relative to the repository when it lies inside it (for links in BENCHMARKS.md)."""
+    try:
+        return str(path.resolve().relative_to(HERE.parent))
+    except ValueError:
+        return str(path)
+
+
 def summarize(directory: Path) -> str:
     results = load_results(directory)
     if not results:
@@ -213,7 +221,7 @@ def summarize(directory: Path) -> str:
     by_group: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for result in results:
         by_group[result["group"]].append(result)
-    sections = [f"Results: {len(results)} experiments in `{directory.relative_to(HERE.parent)}`.", ""]
+    sections = [f"Results: {len(results)} experiments in `{_shown(directory)}`.", ""]
     for group in sorted(by_group):
         sections += [f"### {group}", "", *quality_table(by_group[group]), ""]
     figures = [
@@ -223,7 +231,7 @@ def summarize(directory: Path) -> str:
     ]
     for figure in figures:
         if figure is not None:
-            sections.append(f"![{figure.stem}]({figure.relative_to(HERE.parent)})")
+            sections.append(f"![{figure.stem}]({_shown(figure)})")
     text = "\n".join(sections) + "\n"
     (directory / "summary.md").write_text(text)
     return text
