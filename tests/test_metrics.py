@@ -98,3 +98,17 @@ def test_sensitivity_file_rejects_other_formats():
         sensitivities_from_json('{"modules": []}')
     with pytest.raises(ValueError, match="not valid JSON"):
         sensitivities_from_json("{")
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=1, max_size=40),
+    st.floats(0.05, 1.0),
+    st.floats(0.05, 1.0),
+)
+def test_from_diagonal_agrees_with_each_metric(values, fraction, alpha):
+    item = ModuleSensitivity.from_diagonal(
+        "m", values, d_in=len(values), d_out=1, topk_fraction=fraction, energy_threshold=alpha
+    )
+    assert item.trace == pytest.approx(trace_metric(values))
+    assert item.topk == pytest.approx(topk_metric(values, fraction))
+    assert item.effective_rank == effective_rank_metric(values, alpha)

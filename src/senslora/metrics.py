@@ -102,13 +102,19 @@ class ModuleSensitivity:
         values = np.asarray(diagonal, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(values)):
             raise ValueError(f"module {name!r}: the Hessian diagonal holds NaN or inf")
+        if not 0.0 < energy_threshold <= 1.0:
+            raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
+        ordered = _as_sorted_desc(values)  # sorted once for all three metrics (large for fisher/hutchinson)
+        total = float(ordered.sum())
+        k = topk_count(ordered.size, topk_fraction)
+        reached = np.cumsum(ordered) / total >= energy_threshold - _ENERGY_TOLERANCE if total > 0 else None
         return cls(
             name=name,
             d_in=int(d_in),
             d_out=int(d_out),
-            trace=trace_metric(values),
-            topk=topk_metric(values, topk_fraction),
-            effective_rank=effective_rank_metric(values, energy_threshold),
+            trace=total,
+            topk=float(ordered[:k].mean()),
+            effective_rank=0 if reached is None else int(np.argmax(reached)) + 1,
             num_entries=int(values.size),
             clamped_fraction=float(clamped_fraction),
         )

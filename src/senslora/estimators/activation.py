@@ -95,7 +95,7 @@ def activation_diagonals(
     """
     device = model_device(model)
     state = _InputSquares(layers, torch.device(accumulator_device) if accumulator_device else device)
-    seen = 0
+    seen = torch.zeros((), dtype=torch.float64)
     with preserved_model_state(model) as hooks:
         model.eval()
         for layer in layers:
@@ -107,7 +107,8 @@ def activation_diagonals(
             state.new_batch(token_mask(batch))
             model(**batch)
             seen += 1
-    if seen == 0:
+    # Reduce before any check, so that a process with an empty shard still joins every collective call.
+    if all_reduce_sum(seen).item() == 0:
         raise ValueError("no calibration batches: the batches iterable is empty")
     diagonals: dict[str, torch.Tensor] = {}
     for layer in layers:

@@ -88,12 +88,14 @@ def fisher_diagonals(
             for piece in pieces:
                 compute_loss(model, piece, loss_fn).backward()
                 count += 1
-    if count.item() == 0:
-        raise ValueError("no calibration batches: the batches iterable is empty")
+    # Reduce before any check, so that a process with an empty shard still joins every collective call.
     total = all_reduce_sum(count)
+    if total.item() == 0:
+        raise ValueError("no calibration batches: the batches iterable is empty")
     diagonals: dict[str, torch.Tensor] = {}
     for layer in layers:
-        summed = all_reduce_sum(sums[layer.name])
+        summed = all_reduce_sum(sums.pop(layer.name))
         check_finite(layer.name, summed, "gradients")
-        diagonals[layer.name] = (summed / total.to(summed.dtype)).reshape(-1).cpu()
+        # In place: the accumulator becomes the result, so no second copy of every target's size is made.
+        diagonals[layer.name] = summed.div_(total.to(summed.dtype)).reshape(-1).cpu()
     return diagonals

@@ -6,7 +6,8 @@ Per batch: one forward, one backward with `create_graph=True`, then one extra ba
 (H z = d(g . z)/dw). The estimate is averaged over all probes and batches; negative entries of the
 average (possible for a non-convex loss or from sampling noise) are clamped to 0 before the metrics,
 and the clamped share is reported. Scaled-dot-product attention runs on its math kernel here, since
-the fused kernels have no double backward.
+the fused kernels have no double backward. In a distributed run process p seeds its probes with
+`seed + p * PROBE_SEED_STRIDE` (senslora.distributed.process_seed), so processes draw independent probes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from senslora.calibration import (
     move_batch,
     preserved_model_state,
 )
+from senslora.distributed import process_seed
 from senslora.estimators.fisher import prepare_target_gradients
 from senslora.targets import TargetLayer
 
@@ -62,7 +64,8 @@ def hutchinson_diagonals(
         raise ValueError(f"num_probes must be an integer >= 1, got {num_probes}")
     device = model_device(model)
     generator = torch.Generator(device=device if device.type != "mps" else "cpu")
-    generator.manual_seed(seed)
+    # Each process of a distributed run draws its own probes (rank 0, or a single process, uses `seed`).
+    generator.manual_seed(process_seed(seed))
     sums = {
         t.name: torch.zeros(
             t.weight.shape,
@@ -101,9 +104,10 @@ def hutchinson_diagonals(
                             acc += (z * product).to(device=acc.device, dtype=acc.dtype)
                 count += 1
             del grads, loss
-    if count.item() == 0:
-        raise ValueError("no calibration batches: the batches iterable is empty")
+    # Reduce before any check, so that a process with an empty shard still joins every collective call.
     total = all_reduce_sum(count)
+    if total.item() == 0:
+        raise ValueError("no calibration batches: the batches iterable is empty")
     diagonals: dict[str, torch.Tensor] = {}
     clamped: dict[str, float] = {}
     for layer in layers:

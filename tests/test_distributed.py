@@ -1,0 +1,329 @@
+"""Distributed sensitivity: helpers in one process, and a real 2-process gloo run against a single process.
+
+The 2-process run (torchrun, CPU, gloo) shards 6 fixed batches round-robin over the ranks; every estimator
+must give the same diagonal, metrics and ranks on both ranks, equal to one process over all 6 batches
+(activation, fisher) or to an independent Hutchinson computation with the same per-rank probes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import senslora
+from senslora.distributed import (
+    PROBE_SEED_STRIDE,
+    broadcast_object,
+    is_distributed,
+    is_main_process,
+    main_process_first,
+    process_seed,
+    rank,
+    shard_batches,
+    world_size,
+)
+from senslora.estimators import activation_diagonals, fisher_diagonals
+
+# ----------------------------------------------------------------------------- helpers in one process
+
+
+def test_single_process_defaults() -> None:
+    assert not is_distributed()
+    assert rank() == 0
+    assert world_size() == 1
+    assert is_main_process()
+    assert broadcast_object({"a": [1, 2]}) == {"a": [1, 2]}
+    entered = []
+    with main_process_first():
+        entered.append(True)
+    assert entered == [True]
+
+
+def test_shard_batches_round_robin() -> None:
+    items = list(range(11))
+    shards = [list(shard_batches(items, rank=r, world_size=3)) for r in range(3)]
+    assert shards == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8]]
+    assert sorted(item for shard in shards for item in shard) == items
+    assert list(shard_batches(items)) == items  # no process group: one process takes everything
+    assert list(shard_batches(items[:1], rank=1, world_size=2)) == []
+
+
+def test_shard_batches_is_lazy() -> None:
+    pulled: list[int] = []
+
+    def source():
+        for i in range(100):
+            pulled.append(i)
+            yield i
+
+    shard = shard_batches(source(), rank=1, world_size=4)
+    assert pulled == []
+    assert next(shard) == 1
+    assert next(shard) == 5
+    assert pulled == list(range(6))
+
+
+@pytest.mark.parametrize(("rank_value", "size"), [(0, 0), (2, 2), (-1, 2), (0, 1.5)])
+def test_shard_batches_rejects_bad_layout(rank_value: int, size: int) -> None:
+    with pytest.raises(ValueError, match="rank|world_size"):
+        shard_batches([1, 2, 3], rank=rank_value, world_size=size)
+
+
+def test_process_seed() -> None:
+    assert process_seed(7) == 7
+    assert process_seed(7, 0) == 7
+    assert process_seed(7, 3) == 7 + 3 * PROBE_SEED_STRIDE
+    with pytest.raises(ValueError, match="rank"):
+        process_seed(7, -1)
+
+
+def test_broadcast_object_rejects_bad_source() -> None:
+    with pytest.raises(ValueError, match="source"):
+        broadcast_object(1, source=1)
+
+
+# ----------------------------------------------------------------------------- the 2-process run
+
+WORKER = textwrap.dedent(
+    '''
+    """One process of the 2-process sensitivity run (started by torchrun)."""
+
+    import sys
+    from datetime import timedelta
+    from pathlib import Path
+
+    import torch
+    import torch.distributed as dist
+    from transformers import BertConfig, BertForSequenceClassification
+
+    import senslora
+    from senslora.distributed import (
+        broadcast_object, is_main_process, main_process_first, rank, shard_batches, world_size,
+    )
+    from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+    from senslora.io import atomic_write_text
+
+    SEED = 3
+    NUM_PROBES = 2
+    AVG_RANK = 4
+
+
+    def build_model():
+        torch.manual_seed(0)
+        config = BertConfig(
+            vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32, num_labels=2,
+        )
+        return BertForSequenceClassification(config).eval()
+
+
+    def build_batches(count=6):
+        generator = torch.Generator().manual_seed(1)
+        batches = []
+        for index in range(count):
+            size, length = 3, 7 + index % 3
+            input_ids = torch.randint(1, 100, (size, length), generator=generator)
+            attention_mask = torch.ones(size, length, dtype=torch.long)
+            for row in range(size):
+                padding = (index + row) % 4
+                if padding:
+                    attention_mask[row, length - padding:] = 0
+                    input_ids[row, length - padding:] = 0
+            labels = torch.randint(0, 2, (size,), generator=generator)
+            batches.append({"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels})
+        return batches
+
+
+    def main(output):
+        # A collective that waits for a process which never comes fails after a minute instead of hanging.
+        dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+        torch.set_num_threads(1)
+        model, batches = build_model(), build_batches()
+        layers = senslora.find_target_layers(model)
+        record = {"rank": rank(), "world_size": world_size(), "sensitivity": {}, "ranks": {}}
+        for estimator in senslora.ESTIMATORS:
+            sensitivities = senslora.estimate_sensitivity(
+                model, shard_batches(batches), estimator=estimator, num_probes=NUM_PROBES, seed=SEED,
+                progress=False,
+            )
+            allocation = senslora.allocate_ranks(sensitivities, avg_rank=AVG_RANK, dominance_share=None)
+            record["sensitivity"][estimator] = senslora.sensitivities_to_json(sensitivities)
+            record["ranks"][estimator] = allocation.to_json()
+        diagonals = {
+            "activation": activation_diagonals(model, layers, shard_batches(batches), progress=False),
+            "fisher": fisher_diagonals(model, layers, shard_batches(batches), progress=False),
+            "hutchinson": hutchinson_diagonals(
+                model, layers, shard_batches(batches), num_probes=NUM_PROBES, seed=SEED, progress=False
+            )[0],
+            # One batch for two processes: rank 1 has an empty shard and must still join the reductions.
+            "activation_one_batch": activation_diagonals(model, layers, shard_batches(batches[:1]), progress=False),
+            "fisher_one_batch": fisher_diagonals(model, layers, shard_batches(batches[:1]), progress=False),
+        }
+        record["my_batches"] = [int(batch["input_ids"][0, 0]) for batch in shard_batches(batches)]
+        record["broadcast"] = broadcast_object(f"chosen by rank {rank()}")
+        with main_process_first():
+            output.mkdir(parents=True, exist_ok=True)
+            record["directory_seen"] = output.is_dir()
+        torch.save({"record": record, "diagonals": diagonals}, output / f"rank{rank()}.pt")
+        if is_main_process():
+            atomic_write_text(output / "ranks.json", record["ranks"]["activation"])
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+    if __name__ == "__main__":
+        main(Path(sys.argv[1]))
+    '''
+)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def load_worker(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("distributed_worker", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reference_hutchinson(worker: ModuleType, model, batches, world: int) -> dict[str, torch.Tensor]:
+    """E[z * Hz] written out directly: rank r draws Rademacher probes from process_seed(SEED, r) over its shard."""
+    layers = senslora.find_target_layers(model)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    weights = [layer.weight for layer in layers]
+    for weight in weights:
+        weight.requires_grad_(True)
+    totals = [torch.zeros_like(weight) for weight in weights]
+    count = 0
+    with sdpa_kernel(SDPBackend.MATH):
+        for process in range(world):
+            generator = torch.Generator().manual_seed(worker.SEED + process * PROBE_SEED_STRIDE)
+            sums = [torch.zeros_like(weight) for weight in weights]
+            for batch in batches[process::world]:
+                gradients = torch.autograd.grad(model(**batch).loss, weights, create_graph=True)
+                assert all(g.requires_grad for g in gradients)
+                for _ in range(worker.NUM_PROBES):
+                    probes = [
+                        torch.randint(0, 2, w.shape, generator=generator, dtype=torch.int8).float() * 2 - 1
+                        for w in weights
+                    ]
+                    products = torch.autograd.grad(gradients, weights, grad_outputs=probes, retain_graph=True)
+                    for total, probe, product in zip(sums, probes, products, strict=True):
+                        total += probe * product
+                    count += 1
+            totals = [total + part for total, part in zip(totals, sums, strict=True)]
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return {layer.name: (total / count).clamp_min(0).reshape(-1) for layer, total in zip(layers, totals, strict=True)}
+
+
+def assert_same_sensitivities(actual_json: str, expected: dict[str, senslora.ModuleSensitivity]) -> None:
+    actual, _ = senslora.sensitivities_from_json(actual_json)
+    assert list(actual) == list(expected)
+    for name, item in expected.items():
+        assert actual[name].trace == pytest.approx(item.trace, rel=1e-6), name
+        assert actual[name].topk == pytest.approx(item.topk, rel=1e-6), name
+        assert actual[name].effective_rank == item.effective_rank, name
+        assert actual[name].num_entries == item.num_entries, name
+
+
+@pytest.mark.distributed
+def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    output = tmp_path / "out"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        str(output),
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # A new session, so that on a hang the launcher and both workers are ended together.
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        _, stderr = launcher.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        _, stderr = launcher.communicate()
+        pytest.fail(f"the 2-process run did not finish in 180 s:\n{stderr[-5000:]}")
+    assert launcher.returncode == 0, stderr[-5000:]
+
+    runs = [torch.load(output / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    records = [run["record"] for run in runs]
+    assert [record["rank"] for record in records] == [0, 1]
+    assert all(record["world_size"] == 2 for record in records)
+    assert all(record["broadcast"] == "chosen by rank 0" for record in records)
+    assert all(record["directory_seen"] for record in records)
+
+    worker = load_worker(script)
+    torch.set_num_threads(1)
+    model, batches = worker.build_model(), worker.build_batches()
+    first_tokens = [int(batch["input_ids"][0, 0]) for batch in batches]
+    assert records[0]["my_batches"] == first_tokens[0::2]
+    assert records[1]["my_batches"] == first_tokens[1::2]
+
+    # Both ranks hold exactly the same result.
+    for key in runs[0]["diagonals"]:
+        for name, diagonal in runs[0]["diagonals"][key].items():
+            assert torch.equal(diagonal, runs[1]["diagonals"][key][name]), (key, name)
+    assert records[0]["sensitivity"] == records[1]["sensitivity"]
+    assert records[0]["ranks"] == records[1]["ranks"]
+    assert (output / "ranks.json").read_text() == records[0]["ranks"]["activation"]
+
+    # ... equal to one process over all batches (activation, fisher) ...
+    layers = senslora.find_target_layers(model)
+    single = {
+        "activation": activation_diagonals(model, layers, batches, progress=False),
+        "fisher": fisher_diagonals(model, layers, batches, progress=False),
+        "activation_one_batch": activation_diagonals(model, layers, batches[:1], progress=False),
+        "fisher_one_batch": fisher_diagonals(model, layers, batches[:1], progress=False),
+        # ... and, for hutchinson, to the estimate written out directly with the same per-rank probes.
+        "hutchinson": reference_hutchinson(worker, model, batches, world=2),
+    }
+    for key, diagonals in single.items():
+        for name, expected in diagonals.items():
+            actual = runs[0]["diagonals"][key][name].to(expected.dtype)
+            scale = float(expected.abs().max())
+            torch.testing.assert_close(actual, expected, rtol=1e-6, atol=1e-6 * scale, msg=f"{key} {name}")
+
+    for estimator in ("activation", "fisher"):
+        expected = senslora.estimate_sensitivity(model, batches, estimator=estimator, progress=False)
+        assert_same_sensitivities(records[0]["sensitivity"][estimator], expected)
+        allocation = senslora.allocate_ranks(expected, avg_rank=worker.AVG_RANK, dominance_share=None)
+        assert senslora.Allocation.from_json(records[0]["ranks"][estimator]).ranks == allocation.ranks
+    hutchinson = {
+        layer.name: senslora.ModuleSensitivity.from_diagonal(
+            layer.name, single["hutchinson"][layer.name].double().numpy(), d_in=layer.d_in, d_out=layer.d_out
+        )
+        for layer in layers
+    }
+    assert_same_sensitivities(records[0]["sensitivity"]["hutchinson"], hutchinson)
+    allocation = senslora.allocate_ranks(hutchinson, avg_rank=worker.AVG_RANK, dominance_share=None)
+    assert senslora.Allocation.from_json(records[0]["ranks"]["hutchinson"]).ranks == allocation.ranks
