@@ -5,8 +5,8 @@
 Absolute CPU times drift (other work, thermal state), so the methods' training steps are interleaved:
 round after round, each method runs a few optimizer steps on the same fixed batches, and the ratio of
 medians is reported. Peak memory is measured per method in a fresh process (peak RSS after the steps,
-minus RSS after loading model and data), also reported as a ratio to uniform LoRA. The sensitivity pass
-is timed on the main job's calibration set and compared with the main job's whole training
+with the peak mark reset after loading, tokenizing and building; VmHWM), also as a ratio to uniform LoRA.
+The sensitivity pass is timed on the main job's calibration set and compared with the main job's whole training
 (steps per epoch x epochs x the median senslora step time).
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -115,13 +114,26 @@ def time_interleaved(rounds: int, steps_per_round: int) -> dict:
 
 
 def memory_worker(method: str, steps: int) -> dict:
+    """Peak RSS of the training steps alone: the peak mark is reset after loading, tokenizing and building."""
+    from bench_sensitivity_cost import current_rss_bytes, settle_memory
+
     config, prepared, batches, calibration = setup(steps)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model, optimizer = build(method, config, prepared, calibration, steps + 100)
+    if not settle_memory():
+        raise RuntimeError("cannot reset the peak-RSS mark (/proc/self/clear_refs)")
+    baseline = current_rss_bytes() / 2**20
     for index, batch in enumerate(batches, 1):
         step(model, optimizer, batch, method, index)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _high_water_mark_mb()  # VmHWM honours the reset; ru_maxrss does not
     return {"method": method, "peak_rss_mb": peak, "extra_mb": peak - baseline}
+
+
+def _high_water_mark_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,16 +154,20 @@ def main(argv: list[str] | None = None) -> int:
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         memory[method] = json.loads(output)
     result["peak_rss_mb"] = {m: memory[m]["peak_rss_mb"] for m in METHODS}
+    result["training_extra_mb"] = {m: memory[m]["extra_mb"] for m in METHODS}
     result["memory_ratio_to_lora"] = {m: memory[m]["peak_rss_mb"] / memory["lora"]["peak_rss_mb"] for m in METHODS}
+    result["training_memory_ratio_to_lora"] = {m: memory[m]["extra_mb"] / memory["lora"]["extra_mb"] for m in METHODS}
     result["versions"] = __import__("senslora.pipeline", fromlist=["package_versions"]).package_versions()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
-    print("| method | median step (s) | step time / LoRA | peak RSS (MB) | peak memory / LoRA |")
-    print("|---|---:|---:|---:|---:|")
+    header = "| method | median step (s) | step time / LoRA | peak RSS (MB) | peak / LoRA | training extra (MB) | extra / LoRA |"
+    print(header)
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for m in METHODS:
         print(
             f"| {m} | {result['median_step_seconds'][m]:.3f} | {result['step_ratio_to_lora'][m]:.3f} | "
-            f"{result['peak_rss_mb'][m]:.0f} | {result['memory_ratio_to_lora'][m]:.3f} |"
+            f"{result['peak_rss_mb'][m]:.0f} | {result['memory_ratio_to_lora'][m]:.3f} | "
+            f"{result['training_extra_mb'][m]:.0f} | {result['training_memory_ratio_to_lora'][m]:.3f} |"
         )
     print(
         f"sensitivity pass {result['sensitivity_seconds']:.2f} s = {result['sensitivity_to_training']:.2%} of the "
