@@ -6,6 +6,7 @@ a set of `senslora.config.RunConfig` overrides; the harness never copies the lib
 Profiles:
 - smoke: two runs of a few steps (CI);
 - quick: about 20 minutes on a 2-core CPU: every method once or twice at average rank 4 on a small slice;
+- mainjob: the README's main job for uniform LoRA and senslora (rank and params budgets), 3 seeds;
 - full: the published tables: 3 seeds, ranks 4 and 8, a learning-rate sweep for uniform LoRA and senslora,
   the half-budget comparison, the paper's ablations and ours, the head-related safeguards, and SmolLM2
   language modelling (hours on this CPU).
@@ -117,4 +118,19 @@ def full() -> list[Experiment]:
     return experiments
 
 
-PROFILES = {"smoke": smoke, "quick": quick, "full": full}
+def mainjob() -> list[Experiment]:
+    """The README's main job (2,000 snippets, 2 epochs, lr 1e-3) for LoRA and senslora, 3 seeds."""
+    base = MINILM_RT | {"max_train_examples": 2000, "epochs": 2}
+    experiments = []
+    for seed in (0, 1, 2):
+        variants = {
+            "lora": _method("lora"),
+            "senslora-activation-rank": _method("senslora", "activation") | {"budget_unit": "rank"},
+            "senslora-activation-params": _method("senslora", "activation") | {"budget_unit": "params"},
+        }
+        for label, overrides in variants.items():
+            experiments.append(Experiment(f"mainjob-{label}-s{seed}", "main", base | overrides | {"seed": seed}))
+    return experiments
+
+
+PROFILES = {"smoke": smoke, "quick": quick, "mainjob": mainjob, "full": full}
