@@ -96,13 +96,10 @@ def quality_table(results: list[dict[str, Any]], baseline: str = "lora") -> list
         sensitivity = statistics.fmean(r["sensitivity_seconds"] / r["train_seconds"] for r in runs)
         shares = [largest_share(r["ranks"])[1] for r in runs if r.get("ranks")]
         share_text = f"{max(shares):.1%}" if shares else "-"
+        ratios = f"{step / ref['step']:.3f} | {memory / ref['memory']:.3f}" if ref else "- | -"
         lines.append(
             f"| {label} | {rank} | {lr:g} | {metric} {mean:.4f} ± {spread:.4f} | {count} | "
-            f"{', '.join(f'{p:,}' for p in params)} | {step / ref['step']:.3f} | {memory / ref['memory']:.3f} | "
-            f"{sensitivity:.2%} | {share_text} |"
-            if ref
-            else f"| {label} | {rank} | {lr:g} | {metric} {mean:.4f} ± {spread:.4f} | {count} | "
-            f"{', '.join(f'{p:,}' for p in params)} | - | - | {sensitivity:.2%} | {share_text} |"
+            f"{', '.join(f'{p:,}' for p in params)} | {ratios} | {sensitivity:.2%} | {share_text} |"
         )
     return lines
 

@@ -43,23 +43,32 @@ def topk_count(num_entries: int, topk_fraction: float) -> int:
     return min(num_entries, max(1, math.floor(num_entries * topk_fraction)))
 
 
+def _topk_of_sorted(ordered: np.ndarray, topk_fraction: float) -> float:
+    return float(ordered[: topk_count(ordered.size, topk_fraction)].mean())
+
+
+def _check_energy_threshold(energy_threshold: float) -> None:
+    if not 0.0 < energy_threshold <= 1.0:
+        raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
+
+
+def _effective_rank_of_sorted(ordered: np.ndarray, energy_threshold: float) -> int:
+    total = ordered.sum()
+    if total <= 0.0:
+        return 0
+    share = np.cumsum(ordered) / total
+    return int(np.argmax(share >= energy_threshold - _ENERGY_TOLERANCE)) + 1
+
+
 def topk_metric(diagonal: Any, topk_fraction: float = 0.5) -> float:
     """S_topk = mean of the k largest diagonal entries."""
-    values = _as_sorted_desc(diagonal)
-    k = topk_count(values.size, topk_fraction)
-    return float(values[:k].mean())
+    return _topk_of_sorted(_as_sorted_desc(diagonal), topk_fraction)
 
 
 def effective_rank_metric(diagonal: Any, energy_threshold: float = 0.85) -> int:
     """S_eff = the fewest largest entries whose sum reaches `energy_threshold` of the total (0 if total is 0)."""
-    if not 0.0 < energy_threshold <= 1.0:
-        raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
-    values = _as_sorted_desc(diagonal)
-    total = values.sum()
-    if total <= 0.0:
-        return 0
-    share = np.cumsum(values) / total
-    return int(np.argmax(share >= energy_threshold - _ENERGY_TOLERANCE)) + 1
+    _check_energy_threshold(energy_threshold)
+    return _effective_rank_of_sorted(_as_sorted_desc(diagonal), energy_threshold)
 
 
 @dataclass(frozen=True)
@@ -102,19 +111,15 @@ class ModuleSensitivity:
         values = np.asarray(diagonal, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(values)):
             raise ValueError(f"module {name!r}: the Hessian diagonal holds NaN or inf")
-        if not 0.0 < energy_threshold <= 1.0:
-            raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
+        _check_energy_threshold(energy_threshold)
         ordered = _as_sorted_desc(values)  # sorted once for all three metrics (large for fisher/hutchinson)
-        total = float(ordered.sum())
-        k = topk_count(ordered.size, topk_fraction)
-        reached = np.cumsum(ordered) / total >= energy_threshold - _ENERGY_TOLERANCE if total > 0 else None
         return cls(
             name=name,
             d_in=int(d_in),
             d_out=int(d_out),
-            trace=total,
-            topk=float(ordered[:k].mean()),
-            effective_rank=0 if reached is None else int(np.argmax(reached)) + 1,
+            trace=float(ordered.sum()),
+            topk=_topk_of_sorted(ordered, topk_fraction),
+            effective_rank=_effective_rank_of_sorted(ordered, energy_threshold),
             num_entries=int(values.size),
             clamped_fraction=float(clamped_fraction),
         )
