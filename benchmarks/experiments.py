@@ -7,14 +7,15 @@ Profiles:
 - smoke: two runs of a few steps (CI);
 - quick: about 20 minutes on a 2-core CPU: every method once or twice at average rank 4 on a small slice;
 - mainjob: the README's main job for uniform LoRA and senslora (rank and params budgets), 3 seeds;
-- full: the published tables: 3 seeds, ranks 4 and 8, a learning-rate sweep for uniform LoRA and senslora,
-  the half-budget comparison, the paper's ablations and ours, the head-related safeguards, and SmolLM2
-  language modelling (hours on this CPU).
+- full: the published tables at the main job's scale (it contains `mainjob`): the head-related safeguards
+  for fisher/hutchinson, AdaLoRA and EVA, the half budget, a learning-rate sweep for uniform LoRA and
+  senslora, the paper's ablations and ours, average rank 8, SmolLM2 language modelling (hours on this CPU).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -68,54 +69,75 @@ def quick() -> list[Experiment]:
 
 
 def full() -> list[Experiment]:
-    base = MINILM_RT | {"max_train_examples": 4000, "epochs": 3}
+    """Every published table at the main job's scale, in the order the runner works through them.
+
+    The README's main job (2,000 snippets, 2 epochs) sizes every MiniLM run, so that the `mainjob`
+    experiments are the learning-rate 1e-3 cells of the main table. Senslora runs use the params budget
+    unit, so every method in a table has (nearly) the same trainable parameters.
+    """
+    base = MINILM_RT | {"max_train_examples": 2000, "epochs": 2}
     seeds = (0, 1, 2)
-    experiments: list[Experiment] = []
-    learning_rates = (5e-4, 1e-3, 2e-3)
-    for rank in (4, 8):
+    params = {"budget_unit": "params"}
+    experiments = mainjob()
+    for estimator in ("fisher", "hutchinson"):
+        variants = dict(HEAD_VARIANTS)
+        if estimator == "hutchinson":
+            variants.pop("warmup-restore")
         for seed in seeds:
-            for lr in learning_rates:
-                for method, estimator in [("lora", None), ("senslora", "activation")]:
-                    name = f"full-{_label(method, estimator)}-r{rank}-lr{lr:g}-s{seed}"
-                    overrides = _method(method, estimator) | {"avg_rank": rank, "learning_rate": lr, "seed": seed}
-                    experiments.append(Experiment(name, "lr_sweep", base | overrides | {"budget_unit": "params"}))
-            others = [("senslora", "fisher"), ("senslora", "hutchinson"), ("adalora", None), ("eva", None)]
-            for method, estimator in others:
-                name = f"full-{_label(method, estimator)}-r{rank}-s{seed}"
-                overrides = _method(method, estimator) | {"avg_rank": rank, "seed": seed, "budget_unit": "params"}
+            for label, extra in variants.items():
+                overrides = _method("senslora", estimator) | params | {"seed": seed} | extra
+                experiments.append(Experiment(f"full-head-{estimator}-{label}-s{seed}", "head", base | overrides))
+    for seed in seeds:
+        for method in ("adalora", "eva"):
+            experiments.append(Experiment(f"full-{method}-r4-s{seed}", "main", base | _method(method) | {"seed": seed}))
+    for seed in seeds:
+        half = _method("senslora", "activation") | params | {"avg_rank": 2, "seed": seed}
+        experiments.append(Experiment(f"full-senslora-activation-r2-s{seed}", "half_budget", base | half))
+    for seed in seeds:
+        for lr in (5e-4, 2e-3):
+            for method, estimator in [("lora", None), ("senslora", "activation")]:
+                name = f"full-{_label(method, estimator)}-r4-lr{lr:g}-s{seed}"
+                overrides = _method(method, estimator) | {"learning_rate": lr, "seed": seed}
+                overrides |= params if method == "senslora" else {}
                 experiments.append(Experiment(name, "main", base | overrides))
     for seed in seeds:
-        half = _method("senslora", "activation") | {"avg_rank": 2, "seed": seed}
-        experiments.append(Experiment(f"full-senslora-activation-r2-s{seed}", "half_budget", base | half))
-        ablations = {
-            "global-only": {"metrics": ["global"]},
-            "local-only": {"metrics": ["local"]},
-            "equal-weights": {"weighting": "equal"},
-            "pra": {"scheme": "pra"},
-            "alpha-fixed": {"alpha_mode": "fixed"},
-            "unit-rank": {"budget_unit": "rank"},
-            "attention-only": {"target_modules": ["query", "key", "value", "attention.output.dense"]},
-        }
-        for label, extra in ablations.items():
-            overrides = _method("senslora", "activation") | {"avg_rank": 4, "seed": seed} | extra
+        for label, extra in ABLATIONS.items():
+            overrides = _method("senslora", "activation") | params | {"seed": seed} | extra
             experiments.append(Experiment(f"full-ablation-{label}-s{seed}", "ablation", base | overrides))
-        for estimator in ("fisher", "hutchinson"):
-            for label, extra in {
-                "plain": {},
-                "warmup": {"head_warmup_steps": 50},
-                "cap": {"max_rank_factor": 2.0},
-                "warmup-cap": {"head_warmup_steps": 50, "max_rank_factor": 2.0},
-                "no-pooler": {"target_regex": r".*encoder\.layer\.\d+\..*"},
-            }.items():
-                overrides = _method("senslora", estimator) | {"avg_rank": 4, "seed": seed} | extra
-                experiments.append(Experiment(f"full-head-{estimator}-{label}-s{seed}", "head", base | overrides))
+    for seed in seeds:
+        for method, estimator in [("lora", None), ("senslora", "activation")]:
+            overrides = _method(method, estimator) | {"avg_rank": 8, "seed": seed}
+            overrides |= params if method == "senslora" else {}
+            experiments.append(Experiment(f"full-{_label(method, estimator)}-r8-s{seed}", "rank8", base | overrides))
     for seed in (0, 1):
         lm = {"model": "smollm2", "data": "wikipedia", "max_length": 256, "max_train_examples": 400}
         lm |= {"max_validation_examples": 100, "calibration_examples": 64, "batch_size": 8, "epochs": 1}
         for method, estimator in [("lora", None), ("senslora", "activation")]:
             overrides = lm | _method(method, estimator) | {"avg_rank": 8, "seed": seed, "learning_rate": 5e-4}
+            overrides |= params if method == "senslora" else {}
             experiments.append(Experiment(f"full-smollm2-{_label(method, estimator)}-s{seed}", "decoder", overrides))
     return experiments
+
+
+# The head-related safeguards (issue: loss-based sensitivity next to a random task head).
+HEAD_VARIANTS: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "warmup": {"head_warmup_steps": 50},
+    "cap": {"max_rank_factor": 2.0},
+    "warmup-cap": {"head_warmup_steps": 50, "max_rank_factor": 2.0},
+    "no-pooler": {"target_regex": r".*encoder\.layer\.\d+\..*"},
+    "warmup-restore": {"head_warmup_steps": 50, "restore_warmed_head": True},
+}
+# The paper's ablations and ours, all on the activation estimator at average rank 4 (params budget).
+ABLATIONS: dict[str, dict[str, Any]] = {
+    "global-only": {"metrics": ["global"]},
+    "local-only": {"metrics": ["local"]},
+    "equal-weights": {"weighting": "equal"},
+    "pra": {"scheme": "pra"},
+    "alpha-fixed": {"alpha_mode": "fixed"},
+    "unit-rank": {"budget_unit": "rank"},
+    "attention-only": {"target_modules": ["query", "key", "value", "attention.output.dense"]},
+}
 
 
 def mainjob() -> list[Experiment]:
@@ -134,3 +156,9 @@ def mainjob() -> list[Experiment]:
 
 
 PROFILES = {"smoke": smoke, "quick": quick, "mainjob": mainjob, "full": full}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_directory(profile: str) -> Path:
+    """Where a profile's results live; `mainjob` is part of `full` and shares its directory."""
+    return RESULTS / ("full" if profile == "mainjob" else profile)

@@ -2,6 +2,7 @@
 
     python benchmarks/run.py --profile quick            # about 20 minutes on a 2-core CPU
     python benchmarks/run.py --profile full --only lora # a subset of the full grid
+    python benchmarks/run.py --profile full --jobs 2    # two experiments at a time, threads split between them
 
 A rerun skips experiments whose results file exists. Each worker calls `senslora.pipeline.finetune` (the
 library's own pipeline) in a temporary run directory and records configuration, package versions,
@@ -20,14 +21,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from experiments import PROFILES, Experiment  # noqa: E402
-
-RESULTS = HERE / "results"
+from experiments import PROFILES, Experiment, results_directory  # noqa: E402
 
 
 def git_commit() -> str | None:
@@ -109,38 +109,48 @@ def run_worker(experiment: Experiment, output: Path) -> None:
         atomic_write_json(output, result)
 
 
+def run_one(experiment: Experiment, profile: str, results_dir: Path, threads: int | None) -> tuple[int, str]:
+    """Run one experiment in a worker process; returns (failures, progress line)."""
+    output = results_dir / f"{experiment.name}.json"
+    start = time.perf_counter()
+    command = [sys.executable, str(Path(__file__).resolve()), "--profile", profile]
+    command += ["--results-dir", str(results_dir), "--worker", experiment.name]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    completed = subprocess.run(command, env=env)
+    seconds = time.perf_counter() - start
+    if completed.returncode != 0 or not output.exists():
+        return 1, f"{experiment.name}: FAILED (exit {completed.returncode})"
+    result = json.loads(output.read_text())
+    metric = result["main_metric"]
+    return 0, f"{experiment.name}: {metric} {result['validation'][metric]:.4f} ({seconds:.0f} s)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
     parser.add_argument("--only", help="run only experiments whose name contains this text")
     parser.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results/<profile>")
+    parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (CPU threads are split)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     experiments = {e.name: e for e in PROFILES[args.profile]()}
-    results_dir = args.results_dir or RESULTS / args.profile
+    results_dir = args.results_dir or results_directory(args.profile)
     if args.worker:
         run_worker(experiments[args.worker], results_dir / f"{args.worker}.json")
         return 0
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     selected = [e for e in experiments.values() if not args.only or args.only in e.name]
+    pending = [e for e in selected if not (results_dir / f"{e.name}.json").exists()]
+    print(f"{len(selected)} experiments, {len(selected) - len(pending)} done already, {len(pending)} to run")
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
     failures = 0
-    for index, experiment in enumerate(selected, 1):
-        output = results_dir / f"{experiment.name}.json"
-        if output.exists():
-            print(f"[{index}/{len(selected)}] {experiment.name}: done already, skipped")
-            continue
-        start = time.perf_counter()
-        command = [sys.executable, str(Path(__file__).resolve()), "--profile", args.profile]
-        command += ["--results-dir", str(results_dir), "--worker", experiment.name]
-        completed = subprocess.run(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        seconds = time.perf_counter() - start
-        if completed.returncode != 0 or not output.exists():
-            failures += 1
-            print(f"[{index}/{len(selected)}] {experiment.name}: FAILED (exit {completed.returncode})")
-            continue
-        result = json.loads(output.read_text())
-        metric = result["main_metric"]
-        value = result["validation"][metric]
-        print(f"[{index}/{len(selected)}] {experiment.name}: {metric} {value:.4f} ({seconds:.0f} s)")
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(run_one, e, args.profile, results_dir, threads) for e in pending]
+        for index, future in enumerate(as_completed(futures), 1):
+            failed, line = future.result()
+            failures += failed
+            print(f"[{index}/{len(pending)}] {line}", flush=True)
     return 1 if failures else 0
 
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
+sys.path.insert(0, str(HERE))
+
+from experiments import results_directory  # noqa: E402
 
 
 def load_results(directory: Path) -> list[dict[str, Any]]:
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--results-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    print(summarize(args.results_dir or RESULTS / args.profile))
+    print(summarize(args.results_dir or results_directory(args.profile)))
     return 0
 
 

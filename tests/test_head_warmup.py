@@ -55,3 +55,44 @@ def test_bad_warmup_requests():
         warm_up_head(tiny_bert(), token_batches(labels="class"), steps=0, progress=False)
     with pytest.raises(ValueError, match="labels"):
         warm_up_head(tiny_bert(), token_batches(), steps=2, progress=False)
+
+
+def _warmup_config(model_dir, data_csv, **overrides):
+    from senslora.config import RunConfig
+
+    settings = dict(model=str(model_dir), data=str(data_csv), estimator="fisher", head_warmup_steps=5)
+    settings |= dict(calibration_examples=32, max_length=32, progress=False)
+    return RunConfig(**(settings | overrides))
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv, restore):
+    from senslora.pipeline import calibration_batches, prepare, run_sensitivity
+
+    config = _warmup_config(tiny_bert_dir, sentiment_csv, restore_warmed_head=restore)
+    prepared = prepare(config)
+    before = snapshot_head(prepared.model)
+    base_before = {n: p.detach().clone() for n, p in prepared.model.named_parameters() if n not in before}
+    _, metadata = run_sensitivity(config, prepared, calibration_batches(config, prepared))
+    record = metadata["head_warmup"]
+    assert record["steps"] == 5 and record["head_kept"] is (not restore)
+    assert record["parameters"] == sorted(before)
+    after = task_head_parameters(prepared.model)
+    assert all(torch.equal(after[name], before[name]) for name in before) is restore
+    for name, parameter in prepared.model.named_parameters():
+        if name in base_before:
+            assert torch.equal(parameter, base_before[name]), name
+
+
+def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_path):
+    import json
+
+    from senslora.pipeline import finetune
+
+    run_dir = tmp_path / "run"
+    config = _warmup_config(tiny_bert_dir, sentiment_csv, output_dir=str(run_dir), epochs=1, max_steps=2)
+    finetune(config)
+    side = json.loads((run_dir / "adapter" / "senslora.json").read_text())
+    sensitivity = json.loads((run_dir / "sensitivity.json").read_text())
+    for record in (side["sensitivity"]["head_warmup"], sensitivity["head_warmup"]):
+        assert record["steps"] == 5 and record["head_kept"] is True

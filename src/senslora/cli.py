@@ -31,7 +31,7 @@ DATA_OPTIONS = [
 SENSITIVITY_OPTIONS = [
     "calibration_data", "calibration_examples", "calibration_batch_size", "estimator", "target_modules",
     "target_regex", "topk_fraction", "energy_threshold", "num_probes", "per_example", "head_warmup_steps",
-    "learning_rate",
+    "restore_warmed_head", "learning_rate",
 ]  # fmt: skip
 ALLOCATION_OPTIONS = [
     "avg_rank", "scheme", "budget_unit", "min_rank", "max_rank", "max_rank_factor", "weighting", "metrics",

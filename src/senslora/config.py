@@ -77,6 +77,7 @@ class RunConfig:
     num_probes: int = option(4, "hutchinson: probes per batch")
     per_example: bool = option(False, "fisher: per-example gradients instead of batch gradients")
     head_warmup_steps: int = option(0, "fisher/hutchinson: train only the new task head this many steps first")
+    restore_warmed_head: bool = option(False, "after the sensitivity pass, put back the head as it was before warm-up")
     # allocation
     avg_rank: int = option(4, "average LoRA rank (the budget is avg_rank x number of modules)")
     scheme: str = option("sra", "allocation scheme", choices=SCHEMES)

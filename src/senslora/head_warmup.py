@@ -75,7 +75,7 @@ def warm_up_head(
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     finally:
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(flags[name])

@@ -38,7 +38,7 @@ from senslora.data import (
     tokenize_texts,
 )
 from senslora.evaluation import evaluate_model
-from senslora.head_warmup import warm_up_head
+from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
 from senslora.methods import build_peft_model, count_parameters
 from senslora.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
@@ -208,7 +208,9 @@ def run_sensitivity(
 ) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
     """Sensitivity per module and the metadata recorded next to it (estimator, calibration, timing)."""
     warmup: dict[str, Any] = {"steps": 0}
-    if config.head_warmup_steps and config.estimator in ("fisher", "hutchinson"):
+    warmed = bool(config.head_warmup_steps) and config.estimator in ("fisher", "hutchinson")
+    original_head = snapshot_head(prepared.model) if warmed and config.restore_warmed_head else None
+    if warmed:
         warmup = warm_up_head(
             prepared.model,
             batches,
@@ -231,6 +233,10 @@ def run_sensitivity(
         progress=config.progress,
     )
     seconds = time.perf_counter() - start
+    if warmed:
+        warmup["head_kept"] = original_head is None
+    if original_head is not None:
+        restore_head(prepared.model, original_head)
     metadata = {
         "estimator": config.estimator,
         "settings": {
