@@ -8,6 +8,7 @@ must give the same diagonal, metrics and ranks on both ranks, equal to one proce
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -327,3 +328,91 @@ def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
     assert_same_sensitivities(records[0]["sensitivity"]["hutchinson"], hutchinson)
     allocation = senslora.allocate_ranks(hutchinson, avg_rank=worker.AVG_RANK, dominance_share=None)
     assert senslora.Allocation.from_json(records[0]["ranks"]["hutchinson"]).ranks == allocation.ranks
+
+
+# ----------------------------------------------------------------------------- senslora finetune under torchrun
+
+
+@pytest.fixture(scope="module")
+def dropout_free_bert_dir(tmp_path_factory, tiny_bert_dir):
+    """The tiny BERT without dropout, so that one training step is a deterministic function of its batch."""
+    from transformers import BertConfig, BertModel
+
+    directory = tmp_path_factory.mktemp("bert-no-dropout")
+    config = BertConfig.from_pretrained(tiny_bert_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (Path(tiny_bert_dir) / name).exists():
+            (directory / name).write_bytes((Path(tiny_bert_dir) / name).read_bytes())
+    return directory
+
+
+def launch_two_processes(arguments: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(free_port()), "-m", "senslora.cli", *arguments]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launcher = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = launcher.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        _, stderr = launcher.communicate()
+        pytest.fail(f"the 2-process run did not finish in {timeout} s:\n{stderr[-5000:]}")
+    return subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize(
+    "per_process", [["--batch-size", "8"], ["--batch-size", "4", "--gradient-accumulation-steps", "2"]]
+)
+def test_torchrun_finetune_equals_one_process_with_twice_the_batch(
+    dropout_free_bert_dir, sentiment_csv, tmp_path, per_process
+):
+    """DDP over 2 processes with 8 examples per step each takes the same steps as one process with 16.
+
+    The sentiment data has 144 training examples: 9 steps of 16 per epoch, so every global batch is
+    whole; without dropout, both runs compute the same gradients (DDP averages the two halves' means;
+    with accumulation, the first micro-batch's gradients are not synchronised, the second's are).
+    """
+    from safetensors.torch import load_file
+
+    from senslora.cli import main
+
+    common = ["--model", dropout_free_bert_dir, "--data", sentiment_csv, "--estimator", "fisher"]
+    common += ["--calibration-examples", "32", "--calibration-batch-size", "8", "--max-length", "32"]
+    common += ["--epochs", "2", "--lora-dropout", "0", "--learning-rate", "5e-3", "--no-progress", "--log-every", "1"]
+    common = [str(a) for a in common]
+    two = launch_two_processes(["finetune", *common, *per_process, "--output-dir", str(tmp_path / "two")])
+    assert two.returncode == 0, two.stderr[-5000:]
+    assert two.stdout.count("validation accuracy") == 1  # the main process alone reports
+    assert main(["finetune", *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")]) == 0
+
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    assert sorted(p.name for p in two_dir.iterdir()) == sorted(p.name for p in one_dir.iterdir())
+    assert not list(two_dir.rglob("*.tmp*"))  # nothing half-written by a second process
+    one_sensitivity = json.loads((one_dir / "sensitivity.json").read_text())
+    two_sensitivity = json.loads((two_dir / "sensitivity.json").read_text())
+    assert two_sensitivity["calibration"]["processes"] == 2
+    for a, b in zip(one_sensitivity["modules"], two_sensitivity["modules"], strict=True):
+        assert a["name"] == b["name"] and b["trace"] == pytest.approx(a["trace"], rel=1e-5)
+    one_ranks = senslora.Allocation.from_json((one_dir / "ranks.json").read_text()).ranks
+    assert senslora.Allocation.from_json((two_dir / "ranks.json").read_text()).ranks == one_ranks
+
+    one_metrics = json.loads((one_dir / "metrics.json").read_text())
+    two_metrics = json.loads((two_dir / "metrics.json").read_text())
+    assert two_metrics["global_step"] == one_metrics["global_step"] == 18
+    one_log = [json.loads(line) for line in (one_dir / "log.jsonl").read_text().splitlines()]
+    two_log = [json.loads(line) for line in (two_dir / "log.jsonl").read_text().splitlines()]
+    one_losses = [line["loss"] for line in one_log if "loss" in line]
+    two_losses = [line["loss"] for line in two_log if "loss" in line]
+    assert len(two_losses) == 18 and two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6)
+    assert two_losses[-1] < two_losses[0]  # it trained
+    one_weights = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
+    two_weights = load_file(str(two_dir / "adapter" / "adapter_model.safetensors"))
+    assert set(one_weights) == set(two_weights)
+    for name, expected in one_weights.items():
+        torch.testing.assert_close(two_weights[name], expected, rtol=1e-4, atol=1e-5, msg=name)
+    assert two_metrics["validation"]["accuracy"] == pytest.approx(one_metrics["validation"]["accuracy"])

@@ -14,7 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -185,6 +185,7 @@ def _check_output_file(path: Path, overwrite: bool) -> None:
 
 
 def run_sensitivity_command(args: argparse.Namespace) -> int:
+    from senslora.distributed import is_main_process, process_group
     from senslora.io import atomic_write_text
     from senslora.metrics import sensitivities_to_json
     from senslora.pipeline import calibration_batches, load_calibration_data, load_data, prepare, run_sensitivity
@@ -194,11 +195,18 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
     _check_output_file(output, config.overwrite)
     data = load_data(config)
     calibration_data = load_calibration_data(config, data)
-    prepared = prepare(config, data)
-    batches = calibration_batches(config, prepared, calibration_data)
-    sensitivities, metadata = run_sensitivity(config, prepared, batches)
-    atomic_write_text(output, sensitivities_to_json(sensitivities, metadata))
-    print(f"{len(sensitivities)} modules, {config.estimator} estimator, {metadata['seconds']:.1f} s -> {output}")
+    with process_group():
+        main = is_main_process()
+        if not main:
+            config = replace(config, progress=False)
+        prepared = prepare(config, data)
+        batches = calibration_batches(config, prepared, calibration_data)
+        sensitivities, metadata = run_sensitivity(config, prepared, batches)
+        if main:
+            atomic_write_text(output, sensitivities_to_json(sensitivities, metadata))
+            print(
+                f"{len(sensitivities)} modules, {config.estimator} estimator, {metadata['seconds']:.1f} s -> {output}"
+            )
     return 0
 
 
@@ -221,12 +229,15 @@ def run_allocate_command(args: argparse.Namespace) -> int:
 
 
 def run_finetune_command(args: argparse.Namespace) -> int:
+    from senslora.distributed import is_main_process, process_group
     from senslora.pipeline import finetune
 
     config = resolve_config(args)
-    metrics = finetune(config)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["validation"].items() if k != "loss")
-    print(f"validation {shown} (best epoch {metrics['best_epoch']}); run directory: {config.run_dir()}")
+    with process_group():  # under torchrun / accelerate launch: DDP, one adapter written by the main process
+        metrics = finetune(config)
+        if is_main_process():
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["validation"].items() if k != "loss")
+            print(f"validation {shown} (best epoch {metrics['best_epoch']}); run directory: {config.run_dir()}")
     return 0
 
 

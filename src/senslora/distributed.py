@@ -25,6 +25,7 @@ layers and options. Without an initialised process group every helper acts as fo
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -140,6 +141,87 @@ def main_process_first() -> Iterator[None]:
     finally:
         if distributed and is_main_process():
             torch.distributed.barrier()
+
+
+def barrier() -> None:
+    """Wait until every process gets here (nothing without a process group)."""
+    if is_distributed():
+        torch.distributed.barrier()
+
+
+def all_processes_agree(flag: bool) -> bool:
+    """True when `flag` is true on every process (a MIN all-reduce; `flag` itself on one process)."""
+    if not is_distributed():
+        return flag
+    backend = torch.distributed.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    value = torch.tensor([1 if flag else 0], device=device)
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def gather_objects(obj: Any) -> list[Any]:
+    """`obj` from every process, in rank order, on every process (`[obj]` without a process group)."""
+    if not is_distributed():
+        return [obj]
+    gathered: list[Any] = [None] * world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def shard_indices(order: list[int], rank: int | None = None, world_size: int | None = None) -> list[int]:
+    """This process's share of an epoch's example order, the way DistributedSampler shares it.
+
+    The order is padded by wrapping around to a multiple of world_size, so every process gets
+    ceil(n / world_size) indices (and runs the same number of steps); process r takes positions
+    r, r + world_size, ... Batch k of every process together is batch k of one process with a
+    world_size times larger batch.
+    """
+    size = _world_size() if world_size is None else world_size
+    index = _rank() if rank is None else rank
+    if size == 1 or not order:
+        return list(order)
+    target = -(-len(order) // size) * size  # ceil(n / size) * size
+    padded = (list(order) * -(-target // len(order)))[:target]
+    return padded[index::size]
+
+
+def local_device() -> torch.device:
+    """The device of this process under torchrun: cuda:LOCAL_RANK when CUDA is there, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def launched_distributed() -> bool:
+    """True when a launcher (torchrun, accelerate launch) started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+@contextmanager
+def process_group() -> Iterator[bool]:
+    """Join the launcher's process group for the block (NCCL with CUDA, else gloo); yields whether distributed.
+
+    Without a launcher (WORLD_SIZE unset or 1), or with a group already initialised by the caller, it does
+    nothing. A group it created is left at the end of the block (after a barrier on a clean exit).
+    """
+    if not launched_distributed() or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        yield is_distributed()
+        return
+    if not torch.distributed.is_available():
+        raise ValueError("this PyTorch build has no torch.distributed; run on one process")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_device())
+    torch.distributed.init_process_group(backend)
+    clean = False
+    try:
+        yield True
+        clean = True
+    finally:
+        if clean:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 # Aliases so that the `rank` / `world_size` parameters of shard_batches do not shadow the functions.

@@ -16,7 +16,7 @@ import json
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,15 @@ from senslora.data import (
     make_collator,
     tokenize_dataset,
     tokenize_texts,
+)
+from senslora.distributed import (
+    barrier,
+    is_distributed,
+    is_main_process,
+    local_device,
+    main_process_first,
+    shard_batches,
+    world_size,
 )
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
@@ -145,13 +154,16 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
             model lacks.
     """
     device = resolve_device(config.device)
+    if is_distributed() and device.type == "cuda" and device.index is None:
+        device = local_device()  # one GPU per process: cuda:LOCAL_RANK
     check_model_name(config.model)
     if data is None:
         data = load_task_data(data_spec(config))
     torch.manual_seed(config.seed)
-    model, tokenizer = load_model_and_tokenizer(
-        config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
-    )
+    with main_process_first():  # a model converted into the cache is converted once
+        model, tokenizer = load_model_and_tokenizer(
+            config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
+        )
     check_max_length(model, config.max_length)
     if config.targets is not None and not (config.method == "senslora" and config.ranks):
         find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
@@ -222,7 +234,7 @@ def run_sensitivity(
     start = time.perf_counter()
     sensitivities = estimate_sensitivity(
         prepared.model,
-        batches,
+        list(shard_batches(batches)),  # under torch.distributed: this process's share, sums all-reduced
         estimator=config.estimator,
         target_modules=config.targets,
         topk_fraction=config.topk_fraction,
@@ -254,6 +266,7 @@ def run_sensitivity(
             "tokens": sum(int(b["attention_mask"].sum()) for b in batches),
             "max_length": config.max_length,
             "seed": config.seed,
+            "processes": world_size(),
         },
         "model": config.model,
         "seconds": seconds,
@@ -403,8 +416,12 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         TrainingDivergedError: NaN/inf loss or gradients (the last good checkpoint is kept).
     """
     config.validate()
+    main = is_main_process()
+    if not main:
+        config = replace(config, progress=False)
     run_dir = config.run_dir()
-    check_run_dir(run_dir, overwrite=config.overwrite, resume=config.resume)
+    with main_process_first():
+        check_run_dir(run_dir, overwrite=config.overwrite, resume=config.resume)
     if config.resume:
         check_resume_config(run_dir, config)
     ranks_source: str | Path | None = config.ranks
@@ -422,10 +439,13 @@ def finetune(config: RunConfig) -> dict[str, Any]:
     prepared = prepare(config, data)
     if allocation is not None and config.method == "senslora":
         check_allocation_fits(prepared.model, allocation, ranks_source)
-    if config.overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.to_dict())
+    barrier()  # every process has checked the run directory before the main process changes it
+    if main:
+        if config.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+    barrier()
     data, tokenizer = prepared.data, prepared.tokenizer
     train_set = tokenize_dataset(data.train, tokenizer, data, max_length=config.max_length)
     validation_set = tokenize_dataset(data.validation, tokenizer, data, max_length=config.max_length)
@@ -436,12 +456,13 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         batches = calibration_batches(config, prepared, calibration_data)
         sensitivities, sensitivity_metadata = run_sensitivity(config, prepared, batches)
         sensitivity_seconds = sensitivity_metadata["seconds"]
-        atomic_write_text(run_dir / "sensitivity.json", sensitivities_to_json(sensitivities, sensitivity_metadata))
-        allocation = run_allocation(config, sensitivities)
-        atomic_write_json(run_dir / "ranks.json", allocation.to_dict())
+        allocation = run_allocation(config, sensitivities)  # deterministic: the same on every process
+        if main:
+            atomic_write_text(run_dir / "sensitivity.json", sensitivities_to_json(sensitivities, sensitivity_metadata))
+            atomic_write_json(run_dir / "ranks.json", allocation.to_dict())
     if config.method == "eva" and batches is None:
         batches = calibration_batches(config, prepared, calibration_data)
-    total_steps = total_training_steps(len(train_set), config.training())
+    total_steps = total_training_steps(-(-len(train_set) // world_size()), config.training())  # steps per process
     torch.manual_seed(config.seed)
     model = build_peft_model(
         prepared.model,
@@ -454,14 +475,15 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         allocation=allocation,
         alpha_mode=config.alpha_mode,
         total_steps=total_steps,
-        eva_batches=batches,
+        eva_batches=list(shard_batches(batches)) if batches is not None else None,  # PEFT gathers the inputs
         progress=config.progress,
     )
     parameters = count_parameters(model)
-    print(
-        f"{config.method}: {parameters.adapter:,} adapter + {parameters.other_trainable:,} head parameters "
-        f"trainable of {parameters.total:,}"
-    )
+    if main:
+        print(
+            f"{config.method}: {parameters.adapter:,} adapter + {parameters.other_trainable:,} head parameters "
+            f"trainable of {parameters.total:,}"
+        )
     side = sidecar(allocation, sensitivities, sensitivity_metadata)
 
     def evaluate(m: nn.Module) -> dict[str, float]:
@@ -509,7 +531,8 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         "global_step": result.global_step,
         "versions": package_versions(),
     }
-    atomic_write_json(run_dir / FINISHED_MARKER, metrics)
+    if main:
+        atomic_write_json(run_dir / FINISHED_MARKER, metrics)
     return metrics
 
 

@@ -17,6 +17,7 @@ written after the fault, so the last checkpoint (always finite) is kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -29,8 +30,20 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from senslora.distributed import (
+    all_processes_agree,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    is_distributed,
+    is_main_process,
+    rank,
+    shard_indices,
+    world_size,
+)
 from senslora.io import (
     append_line,
     atomic_directory,
@@ -191,7 +204,14 @@ def _restore_adalora_state(model: nn.Module, tensors: dict[str, torch.Tensor], r
 
 
 def _save_checkpoint(directory: Path, model, optimizer, scheduler, state: dict[str, Any], *, adalora: bool) -> None:
-    """Write the whole training state to `directory`, atomically (a kill leaves the previous one)."""
+    """Write the whole training state to `directory`, atomically (a kill leaves the previous one).
+
+    Collective under torch.distributed: every process hands its RNG state to the main process, which
+    alone writes (the other state is the same on every process).
+    """
+    rng_states = gather_objects(_rng_state())
+    if not is_main_process():
+        return
     weights = _trainable_state(model)
     for name, value in weights.items():
         if not bool(torch.isfinite(value).all()):
@@ -202,7 +222,7 @@ def _save_checkpoint(directory: Path, model, optimizer, scheduler, state: dict[s
         save_file(weights, str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
+        torch.save(rng_states[0] if len(rng_states) == 1 else {"per_process": rng_states}, tmp / "rng.pt")
         if adalora:
             tensors, rank_pattern = _adalora_state(model)
             save_file(tensors, str(tmp / "adalora.safetensors"))
@@ -260,6 +280,9 @@ def _load_checkpoint(directory: Path, model, optimizer, scheduler, *, adalora: b
     except Exception as error:  # a damaged or foreign file: unpickling and shape errors alike
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"checkpoint {str(directory)!r} cannot be restored: {first}") from None
+    if "per_process" in rng:  # written by several processes: each takes its own (rank 0's if fewer)
+        states = rng["per_process"]
+        rng = states[rank()] if rank() < len(states) else states[0]
     _set_rng_state(rng)
     if adalora:
         path = directory / "adalora.safetensors"
@@ -356,6 +379,12 @@ def train(
         resume: continue from `run_dir/checkpoints/last` (the log is cut back to that checkpoint).
         on_best: writes extra files into the adapter directory (e.g. the allocation sidecar).
 
+    Under torch.distributed (e.g. torchrun) the model is wrapped in DistributedDataParallel: every
+    process takes its share of each epoch's order (`shard_indices`), so `batch_size` is per process and
+    one step sees world_size x batch_size examples; gradients are averaged by DDP (skipped on
+    accumulation micro-batches with `no_sync`); every process evaluates and the main process's metrics
+    decide; only the main process writes the log, checkpoints and adapter.
+
     Raises:
         ValueError: bad configuration, empty data, unusable checkpoint.
         TrainingDivergedError: NaN/inf loss, gradients or weights (the last good checkpoint is kept).
@@ -375,7 +404,9 @@ def train(
             model.enable_input_require_grads()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
-    total = total_training_steps(len(train_dataset), config)
+    distributed, main = is_distributed(), is_main_process()
+    examples_per_process = math.ceil(len(train_dataset) / world_size())
+    total = total_training_steps(examples_per_process, config)
     warmup = math.floor(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, total, warmup, config.scheduler)
@@ -388,13 +419,17 @@ def train(
     start_epoch, skip_batches, best = 0, 0, None
     running_loss, running_count = 0.0, 0
     if resume:
-        recover_directory(checkpoint_dir)
-        recover_directory(run_dir / "adapter")
+        if main:
+            recover_directory(checkpoint_dir)
+            recover_directory(run_dir / "adapter")
+        barrier()
         if not checkpoint_dir.exists():
             raise ValueError(f"nothing to resume: {str(checkpoint_dir)!r} does not exist")
         state = _load_checkpoint(checkpoint_dir, model, optimizer, scheduler, adalora=adalora)
-        for folder in (run_dir, run_dir / "checkpoints"):
-            remove_stale_temporaries(folder)
+        barrier()  # every process has read the checkpoint before the main process tidies up
+        if main:
+            for folder in (run_dir, run_dir / "checkpoints"):
+                remove_stale_temporaries(folder)
         start_epoch, skip_batches = state["epoch"], state["batch"]
         result.global_step, result.history = state["global_step"], state["history"]
         result.best_epoch, result.best_metrics = state["best_epoch"], state["best_metrics"]
@@ -402,11 +437,14 @@ def train(
         running_loss, running_count = state.get("running_loss", 0.0), state.get("running_count", 0)
         best = result.best_metrics.get(main_metric)
         # Lines logged after the checkpoint are written again by the resumed run; a torn line goes too.
-        truncate_log(log_path, state.get("log_bytes"))
-    else:
+        if main:
+            truncate_log(log_path, state.get("log_bytes"))
+    elif main:
         atomic_write_text(log_path, "")
     step_times: list[float] = []
-    batches_per_epoch = math.ceil(len(train_dataset) / config.batch_size)
+    batches_per_epoch = math.ceil(examples_per_process / config.batch_size)
+    device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
+    forward_model = DistributedDataParallel(model, device_ids=device_ids) if distributed else model
 
     def checkpoint(epoch: int, batch: int) -> None:
         state = {
@@ -419,7 +457,7 @@ def train(
             "train_seconds": result.train_seconds,
             "running_loss": running_loss,
             "running_count": running_count,
-            "log_bytes": log_path.stat().st_size,
+            "log_bytes": log_path.stat().st_size if main else None,
         }
         _save_checkpoint(checkpoint_dir, model, optimizer, scheduler, state, adalora=adalora)
 
@@ -427,12 +465,12 @@ def train(
         if result.global_step >= total:
             break
         model.train()
-        order = epoch_order(len(train_dataset), config.seed, epoch)
+        order = shard_indices(epoch_order(len(train_dataset), config.seed, epoch))
         first = skip_batches if epoch == start_epoch else 0
         bar = tqdm(
             range(first, batches_per_epoch),
             desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not progress,
+            disable=not (progress and main),
             leave=False,
         )
         epoch_start = time.perf_counter()
@@ -440,18 +478,22 @@ def train(
         for batch_index in bar:
             indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
             batch = {k: v.to(device) for k, v in collate([train_dataset[i] for i in indices]).items()}
+            last_in_epoch = batch_index == batches_per_epoch - 1
+            stepping = last_in_epoch or (batch_index + 1) % config.gradient_accumulation_steps == 0
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = model(**batch).loss
-            if not bool(torch.isfinite(loss)):
-                source = first_non_finite_module(model, batch)
+                loss = forward_model(**batch).loss
+            finite = bool(torch.isfinite(loss))
+            if not all_processes_agree(finite):  # every process stops together
+                source = first_non_finite_module(model, batch) if not finite else None
                 where = f"; first non-finite output in {source!r}" if source else ""
-                message = f"non-finite loss ({loss.item()}) at step {result.global_step + 1}{where}"
+                value = f" ({loss.item()})" if not finite else " on another process"
+                message = f"non-finite loss{value} at step {result.global_step + 1}{where}"
                 raise _divergence(message, checkpoint_dir)
-            scaler.scale(loss / config.gradient_accumulation_steps).backward()
+            with forward_model.no_sync() if distributed and not stepping else contextlib.nullcontext():
+                scaler.scale(loss / config.gradient_accumulation_steps).backward()
             running_loss += loss.item()
             running_count += 1
-            last_in_epoch = batch_index == batches_per_epoch - 1
-            if (batch_index + 1) % config.gradient_accumulation_steps and not last_in_epoch:
+            if not stepping:
                 continue
             scaler.unscale_(optimizer)
             if not scaler.is_enabled():  # fp16 skips steps with inf gradients by design
@@ -479,14 +521,16 @@ def train(
             step_times.append(now - step_start)
             step_start = now
             if result.global_step % config.log_every == 0 or last_in_epoch:
+                sums = gather_objects((running_loss, running_count))  # the loss over every process
                 record = {
                     "step": result.global_step,
                     "epoch": epoch + (batch_index + 1) / batches_per_epoch,
-                    "loss": running_loss / running_count,
+                    "loss": sum(s[0] for s in sums) / sum(s[1] for s in sums),
                     "learning_rate": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm,
                 }
-                append_line(log_path, json.dumps(record))
+                if main:
+                    append_line(log_path, json.dumps(record))
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 running_loss, running_count = 0.0, 0
             if config.checkpoint_every and result.global_step % config.checkpoint_every == 0 and not last_in_epoch:
@@ -497,14 +541,15 @@ def train(
                 break
         bar.close()
         result.train_seconds += time.perf_counter() - epoch_start
-        metrics = evaluate(model)
+        metrics = broadcast_object(evaluate(model))  # the main process's metrics decide everywhere
         if main_metric not in metrics:
             raise ValueError(f"evaluation did not report the main metric {main_metric!r}")
         result.history.append({"epoch": epoch + 1, "step": result.global_step, **metrics})
-        if progress:
+        if progress and main:
             shown = ", ".join(f"{name} {value:.4f}" for name, value in metrics.items())
             print(f"epoch {epoch + 1}/{config.epochs}: {shown}")
-        append_line(log_path, json.dumps({"step": result.global_step, "epoch": epoch + 1, "eval": metrics}))
+        if main:
+            append_line(log_path, json.dumps({"step": result.global_step, "epoch": epoch + 1, "eval": metrics}))
         if _is_better(metrics[main_metric], best, greater_is_better):
             best = metrics[main_metric]
             result.best_epoch, result.best_metrics = epoch + 1, dict(metrics)
@@ -514,10 +559,12 @@ def train(
                 if on_best is not None:
                     on_best(model, tmp)
 
-            atomic_directory(run_dir / "adapter", write_adapter)
+            if main:
+                atomic_directory(run_dir / "adapter", write_adapter)
         checkpoint(epoch + 1, 0)
     result.mean_step_seconds = sum(step_times) / len(step_times) if step_times else 0.0
     if device.type == "cuda":
         result.peak_memory_mb = torch.cuda.max_memory_allocated(device) / 2**20
-    atomic_write_json(run_dir / "training.json", result.to_dict())
+    if main:
+        atomic_write_json(run_dir / "training.json", result.to_dict())
     return result
