@@ -32,7 +32,19 @@ from senslora.targets import TargetLayer
 
 
 def prepare_target_gradients(model: nn.Module, layers: list[TargetLayer]) -> list[nn.Parameter]:
-    """Let only the target weights require grad; return them in layer order."""
+    """Let only the target weights require grad; return them in layer order.
+
+    Raises:
+        ValueError: a target weight is not floating point (a quantized base, e.g. bitsandbytes 4-bit):
+            its gradient does not exist, so loss-based estimators need a full-precision model.
+    """
+    for layer in layers:
+        if not layer.weight.is_floating_point():
+            raise ValueError(
+                f"loss-based sensitivity needs full-precision weights, but {layer.name!r} holds a quantized "
+                f"{layer.weight.dtype} weight ({type(layer.module).__name__}); use the activation estimator, or "
+                "load the model unquantized for the sensitivity pass"
+            )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     weights = [layer.weight for layer in layers]
