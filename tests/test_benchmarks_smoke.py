@@ -39,3 +39,20 @@ def test_smoke_profile_runs_resumes_and_summarizes(tmp_path):
     )
     assert summary.returncode == 0, summary.stderr
     assert "| lora | 4 |" in summary.stdout and (tmp_path / "rank_profiles.png").exists()
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    """The prepared GPU check runs end to end on the CPU (every estimator, a few bf16 steps)."""
+    output = tmp_path / "gpu_check.json"
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu", "--models", "minilm"]
+    command += ["--calibration-examples", "16", "--steps", "2", "--output", str(output)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    rows = json.loads(output.read_text())["rows"]
+    assert [row["workload"] for row in rows] == [
+        "sensitivity activation",
+        "sensitivity fisher",
+        "sensitivity hutchinson",
+        "finetune bf16 (2 steps)",
+    ]
+    assert all(row["seconds"] > 0 and row["peak_memory_mb"] > 0 for row in rows)
