@@ -56,6 +56,20 @@ def preserved_model_state(model: nn.Module) -> Iterator[HookSet]:
             module.train(mode)
 
 
+def eval_mode_keeping_checkpointing(model: nn.Module) -> int:
+    """Put `model` in eval mode (no dropout), but keep gradient checkpointing where the model enabled it.
+
+    Hugging Face layers checkpoint only while their own `training` flag is set, so the flag is set on those
+    layers alone (not on their children: dropout stays off). Returns the number of such layers.
+    Call inside `preserved_model_state`, which restores every flag.
+    """
+    model.eval()
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    for layer in layers:
+        layer.training = True
+    return len(layers)
+
+
 def model_device(model: nn.Module) -> torch.device:
     """Device of the model's first parameter (CPU for a model without parameters)."""
     first = next(model.parameters(), None)

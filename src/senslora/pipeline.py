@@ -231,6 +231,9 @@ def run_sensitivity(
             seed=config.seed,
             progress=config.progress,
         )
+    if config.gradient_checkpointing and hasattr(prepared.model, "gradient_checkpointing_enable"):
+        # fisher / hutchinson then recompute activations in their backward, as training will
+        prepared.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     start = time.perf_counter()
     sensitivities = estimate_sensitivity(
         prepared.model,

@@ -23,6 +23,7 @@ from senslora.calibration import (
     calibration_batches,
     check_finite,
     compute_loss,
+    eval_mode_keeping_checkpointing,
     model_device,
     move_batch,
     preserved_model_state,
@@ -81,7 +82,7 @@ def fisher_diagonals(
     }
     count = torch.zeros((), dtype=torch.float64)
     with preserved_model_state(model) as hooks:
-        model.eval()
+        eval_mode_keeping_checkpointing(model)  # checkpointed layers recompute activations in the backward
         weights = prepare_target_gradients(model, layers)
         for layer, weight in zip(layers, weights, strict=True):
             accumulator = sums[layer.name]

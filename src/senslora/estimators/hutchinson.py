@@ -25,6 +25,7 @@ from senslora.calibration import (
     calibration_batches,
     check_finite,
     compute_loss,
+    eval_mode_keeping_checkpointing,
     model_device,
     move_batch,
     preserved_model_state,
@@ -77,7 +78,7 @@ def hutchinson_diagonals(
     count = torch.zeros((), dtype=torch.float64)
     # The fused attention kernels have no double backward; the math kernel does.
     with preserved_model_state(model), sdpa_kernel(SDPBackend.MATH):
-        model.eval()
+        eval_mode_keeping_checkpointing(model)  # checkpointed layers recompute activations in the backward
         weights = prepare_target_gradients(model, layers)
         for batch in calibration_batches(
             batches, max_batches=max_batches, progress=progress, description="hutchinson sensitivity"
