@@ -106,6 +106,86 @@ def quality_table(results: list[dict[str, Any]], baseline: str = "lora") -> list
     return lines
 
 
+def theta_of(result: dict[str, Any]) -> dict[str, float]:
+    """theta per module, recomputed from the sensitivity recorded in a result (the run's metric options)."""
+    from senslora.allocation import fuse_scores
+    from senslora.metrics import ModuleSensitivity
+
+    sensitivities = {m["name"]: ModuleSensitivity.from_dict(m) for m in result["sensitivity"]["modules"]}
+    config = result["config"]
+    return fuse_scores(sensitivities, weighting=config["weighting"], metrics=config["metrics"])[0]
+
+
+def head_variant(result: dict[str, Any]) -> tuple[str, str]:
+    """(estimator, variant) of a head-group experiment, from its name full-head-<estimator>-<variant>-s<seed>."""
+    estimator, _, rest = result["experiment"].removeprefix("full-head-").partition("-")
+    return estimator, rest.rsplit("-s", 1)[0]
+
+
+def head_table(results: list[dict[str, Any]], references: list[dict[str, Any]]) -> list[str]:
+    """The head safeguards: accuracy, largest budget share, and Kendall tau of theta against the plain run.
+
+    tau compares each run's module ordering (theta) with the plain run of the same estimator and seed
+    (same calibration sample) over the modules both hold: for the warm-up variants it is the tau between
+    the allocation before and after warm-up.
+    """
+    from senslora.compare import kendall_tau_b
+
+    cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for result in results:
+        cells[head_variant(result)].append(result)
+    plain = {(e, r["config"]["seed"]): theta_of(r) for (e, v), runs in cells.items() if v == "plain" for r in runs}
+    lines = [
+        "| estimator | variant | accuracy (mean ± std) | seeds | adapter params | largest share (module) "
+        "| tau vs plain (theta) |",
+        "|---|---|---|---:|---:|---|---:|",
+    ]
+    for label, runs in references:
+        mean, spread, count = mean_std(r["validation"]["accuracy"] for r in runs)
+        params = ", ".join(f"{p:,}" for p in sorted({r["parameters"]["adapter"] for r in runs}))
+        shares = [largest_share(r["ranks"]) for r in runs]
+        share = max(shares, key=lambda item: item[1])
+        share_text = f"{share[1]:.1%} ({share[0]})"
+        lines.append(f"| {label} | reference | {mean:.4f} ± {spread:.4f} | {count} | {params} | {share_text} | - |")
+    for (estimator, variant), runs in sorted(cells.items()):
+        mean, spread, count = mean_std(r["validation"]["accuracy"] for r in runs)
+        params = ", ".join(f"{p:,}" for p in sorted({r["parameters"]["adapter"] for r in runs}))
+        shares = [largest_share(r["ranks"]) for r in runs]
+        share = max(shares, key=lambda item: item[1])
+        taus = []
+        for run in runs:
+            reference = plain.get((estimator, run["config"]["seed"]))
+            if reference is not None and variant != "plain":
+                theta = theta_of(run)
+                common = sorted(set(theta) & set(reference))
+                taus.append(kendall_tau_b([theta[n] for n in common], [reference[n] for n in common]))
+        tau = f"{statistics.fmean(taus):.3f}" if taus else "-"
+        lines.append(
+            f"| {estimator} | {variant} | {mean:.4f} ± {spread:.4f} | {count} | {params} | "
+            f"{share[1]:.1%} ({share[0]}) | {tau} |"
+        )
+    return lines
+
+
+def head_references(main: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Reference rows for the head table: senslora activation (params budget, lr 1e-3) and uniform LoRA at
+    its best learning rate of the sweep."""
+    cells = group_cells(main)
+    references = []
+    activation = [
+        runs
+        for (label, rank, lr), runs in cells.items()
+        if label == "senslora (activation) budget_unit=params" and rank == 4 and lr == 1e-3
+    ]
+    if activation:
+        references.append(("activation", activation[0]))
+    lora = {lr: runs for (label, rank, lr), runs in cells.items() if label == "lora" and rank == 4}
+    if lora:
+        best = max(lora, key=lambda lr: statistics.fmean(r["validation"]["accuracy"] for r in lora[lr]))
+        references.append((f"uniform LoRA (best lr {best:g})", lora[best]))
+    return references
+
+
 def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None:
     """Ranks per layer for each module type, one panel per estimator (first seed)."""
     import matplotlib
@@ -119,7 +199,8 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
     for result in sorted(results, key=lambda r: (r["group"] != "main", r["config"]["seed"])):
         config = result["config"]
         label = f"senslora ({config['estimator']}), average rank {config['avg_rank']}"
-        if config["method"] == "senslora" and label not in chosen and result.get("ranks"):
+        plain = result["group"] != "head" or head_variant(result)[1] == "plain"  # not a safeguard variant
+        if config["method"] == "senslora" and plain and label not in chosen and result.get("ranks"):
             chosen[label] = result["ranks"]
     if not chosen:
         return None
@@ -223,6 +304,9 @@ def summarize(directory: Path) -> str:
     sections = [f"Results: {len(results)} experiments in `{_shown(directory)}`.", ""]
     for group in sorted(by_group):
         sections += [f"### {group}", "", *quality_table(by_group[group]), ""]
+    if by_group.get("head"):
+        references = head_references(by_group.get("main", []))
+        sections += ["### head safeguards", "", *head_table(by_group["head"], references), ""]
     figures = [
         plot_rank_profiles(results, directory / "rank_profiles.png"),
         plot_quality_vs_budget(results, directory / "quality_vs_budget.png"),
