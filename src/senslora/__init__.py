@@ -6,6 +6,7 @@ config = senslora.to_lora_config(allocation, lora_alpha=8)            # a peft.L
 model = peft.get_peft_model(model, config)
 """
 
+import senslora._quiet_imports  # noqa: F401  (first: before peft imports bitsandbytes)
 from senslora.allocation import Allocation, DominanceWarning, allocate_ranks, fuse_scores, fusion_weight
 from senslora.metrics import (
     ModuleSensitivity,
