@@ -5,7 +5,8 @@ a set of `senslora.config.RunConfig` overrides; the harness never copies the lib
 
 Profiles:
 - smoke: two runs of a few steps (CI);
-- quick: about 20 minutes on a 2-core CPU: every method once or twice at average rank 4 on a small slice;
+- quick: about 15 minutes on a quiet 2-core CPU: LoRA and senslora (activation; fisher with the head
+  safeguards) at the main job's size, 2 seeds (a subset of `full`);
 - mainjob: the README's main job for uniform LoRA and senslora (rank and params budgets), 3 seeds;
 - full: the published tables at the main job's scale (it contains `mainjob`): the head-related safeguards
   for fisher/hutchinson, AdaLoRA and EVA, the half budget, a learning-rate sweep for uniform LoRA and
@@ -50,22 +51,13 @@ def smoke() -> list[Experiment]:
 
 
 def quick() -> list[Experiment]:
-    base = MINILM_RT | {"max_train_examples": 1000, "max_validation_examples": 500, "epochs": 1}
-    grid = [("lora", None), *(("senslora", e) for e in ESTIMATORS), ("adalora", None), ("eva", None)]
-    experiments = []
-    for seed in (0, 1):
-        for method, estimator in grid:
-            name = f"quick-{_label(method, estimator)}-r4-s{seed}"
-            overrides = base | _method(method, estimator) | {"avg_rank": 4, "seed": seed, "budget_unit": "params"}
-            experiments.append(Experiment(name, "main", overrides))
-        experiments.append(
-            Experiment(
-                f"quick-senslora-activation-r2-s{seed}",
-                "half_budget",
-                base | _method("senslora", "activation") | {"avg_rank": 2, "seed": seed},
-            )
-        )
-    return experiments
+    """About 15 minutes on a quiet 2-core CPU: LoRA, senslora (activation) and senslora (fisher with head
+    warm-up and cap) at the main job's size, 2 seeds each; a subset of `full`, sharing its results."""
+    names = {f"{prefix}-s{seed}" for prefix in QUICK for seed in (0, 1)}
+    return [e for e in full() if e.name in names]
+
+
+QUICK = ("mainjob-lora", "mainjob-senslora-activation-params", "full-head-fisher-warmup-cap")
 
 
 def full() -> list[Experiment]:
@@ -88,12 +80,6 @@ def full() -> list[Experiment]:
                 overrides = _method("senslora", estimator) | params | {"seed": seed} | extra
                 experiments.append(Experiment(f"full-head-{estimator}-{label}-s{seed}", "head", base | overrides))
     for seed in seeds:
-        for method in ("adalora", "eva"):
-            experiments.append(Experiment(f"full-{method}-r4-s{seed}", "main", base | _method(method) | {"seed": seed}))
-    for seed in seeds:
-        half = _method("senslora", "activation") | params | {"avg_rank": 2, "seed": seed}
-        experiments.append(Experiment(f"full-senslora-activation-r2-s{seed}", "half_budget", base | half))
-    for seed in seeds:
         for lr in (5e-4, 2e-3):
             for method, estimator in [("lora", None), ("senslora", "activation")]:
                 name = f"full-{_label(method, estimator)}-r4-lr{lr:g}-s{seed}"
@@ -101,14 +87,11 @@ def full() -> list[Experiment]:
                 overrides |= params if method == "senslora" else {}
                 experiments.append(Experiment(name, "main", base | overrides))
     for seed in seeds:
-        for label, extra in ABLATIONS.items():
-            overrides = _method("senslora", "activation") | params | {"seed": seed} | extra
-            experiments.append(Experiment(f"full-ablation-{label}-s{seed}", "ablation", base | overrides))
+        for method in ("adalora", "eva"):
+            experiments.append(Experiment(f"full-{method}-r4-s{seed}", "main", base | _method(method) | {"seed": seed}))
     for seed in seeds:
-        for method, estimator in [("lora", None), ("senslora", "activation")]:
-            overrides = _method(method, estimator) | {"avg_rank": 8, "seed": seed}
-            overrides |= params if method == "senslora" else {}
-            experiments.append(Experiment(f"full-{_label(method, estimator)}-r8-s{seed}", "rank8", base | overrides))
+        half = _method("senslora", "activation") | params | {"avg_rank": 2, "seed": seed}
+        experiments.append(Experiment(f"full-senslora-activation-r2-s{seed}", "half_budget", base | half))
     for seed in (0, 1):
         lm = {"model": "smollm2", "data": "wikipedia", "max_length": 256, "max_train_examples": 400}
         lm |= {"max_validation_examples": 100, "calibration_examples": 64, "batch_size": 8, "epochs": 1}
@@ -116,6 +99,15 @@ def full() -> list[Experiment]:
             overrides = lm | _method(method, estimator) | {"avg_rank": 8, "seed": seed, "learning_rate": 5e-4}
             overrides |= params if method == "senslora" else {}
             experiments.append(Experiment(f"full-smollm2-{_label(method, estimator)}-s{seed}", "decoder", overrides))
+    for seed in seeds:
+        for method, estimator in [("lora", None), ("senslora", "activation")]:
+            overrides = _method(method, estimator) | {"avg_rank": 8, "seed": seed}
+            overrides |= params if method == "senslora" else {}
+            experiments.append(Experiment(f"full-{_label(method, estimator)}-r8-s{seed}", "rank8", base | overrides))
+    for seed in seeds:
+        for label, extra in ABLATIONS.items():
+            overrides = _method("senslora", "activation") | params | {"seed": seed} | extra
+            experiments.append(Experiment(f"full-ablation-{label}-s{seed}", "ablation", base | overrides))
     return experiments
 
 
@@ -160,5 +152,5 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def results_directory(profile: str) -> Path:
-    """Where a profile's results live; `mainjob` is part of `full` and shares its directory."""
-    return RESULTS / ("full" if profile == "mainjob" else profile)
+    """Where a profile's results live; `mainjob` and `quick` are parts of `full` and share its directory."""
+    return RESULTS / ("full" if profile in ("mainjob", "quick") else profile)

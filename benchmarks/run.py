@@ -1,6 +1,6 @@
 """Run a benchmark profile: each experiment in its own process, one results JSON each, resumable.
 
-    python benchmarks/run.py --profile quick            # about 20 minutes on a 2-core CPU
+    python benchmarks/run.py --profile quick            # about 15 minutes on a quiet 2-core CPU
     python benchmarks/run.py --profile full --only lora # a subset of the full grid
     python benchmarks/run.py --profile full --jobs 2    # two experiments at a time, threads split between them
 

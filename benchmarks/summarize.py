@@ -1,6 +1,6 @@
 """Turn benchmark results into markdown tables and PNG plots (mean and standard deviation over seeds).
 
-    python benchmarks/summarize.py --profile quick     # writes benchmarks/results/quick/summary.md + PNGs
+    python benchmarks/summarize.py --profile full      # writes benchmarks/results/full/summary.md + PNGs
 
 The tables are pasted into BENCHMARKS.md together with the commands that produced them.
 """
