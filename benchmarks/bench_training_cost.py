@@ -35,7 +35,7 @@ def setup(num_batches: int):
     quiet_libraries()
     config = RunConfig(progress=False)
     prepared = prepare(config)
-    from senslora.data import make_batches, make_collator, tokenize_dataset
+    from senslora.tokenization import make_batches, make_collator, tokenize_dataset
 
     train = tokenize_dataset(prepared.data.train, prepared.tokenizer, prepared.data, max_length=config.max_length)
     batches = make_batches(train, make_collator(prepared.tokenizer, "classification"), config.batch_size, shuffle=True)

@@ -27,14 +27,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def batches_for(source: str, count: int, seed: int, model_task, tokenizer, labelled: bool) -> list[dict]:
-    from senslora.data import (
-        DataSpec,
-        load_calibration_source,
-        make_batches,
-        make_collator,
-        tokenize_dataset,
-        tokenize_texts,
-    )
+    from senslora.data import DataSpec, load_calibration_source
+    from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 
     spec = DataSpec(source=source, seed=seed)
     sample = load_calibration_source(spec, count, seed)

@@ -29,11 +29,13 @@ from senslora.data import (
     glue_preset,
     load_calibration_source,
     load_task_data,
+    strip_wiki_markup,
+)
+from senslora.tokenization import (
     make_batches,
     make_collator,
     make_dataloader,
     make_generation_collator,
-    strip_wiki_markup,
     tokenize_dataset,
     tokenize_texts,
 )

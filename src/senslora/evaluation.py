@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from senslora.data import TaskData, make_generation_collator
+from senslora.data import TaskData
 from senslora.task_metrics import compute_metrics
+from senslora.tokenization import make_generation_collator
 
 GENERATION_METRICS = ("bleu4", "rouge1", "rougeL")
 

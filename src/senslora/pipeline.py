@@ -26,17 +26,7 @@ from torch import nn
 
 from senslora.allocation import Allocation, allocate_ranks
 from senslora.config import RunConfig
-from senslora.data import (
-    DataSpec,
-    TaskData,
-    calibration_subset,
-    load_calibration_source,
-    load_task_data,
-    make_batches,
-    make_collator,
-    tokenize_dataset,
-    tokenize_texts,
-)
+from senslora.data import DataSpec, TaskData, calibration_subset, load_calibration_source, load_task_data
 from senslora.distributed import (
     barrier,
     is_distributed,
@@ -54,6 +44,7 @@ from senslora.metrics import ModuleSensitivity, sensitivities_from_json, sensiti
 from senslora.models import check_max_length, check_model_name, load_model_and_tokenizer
 from senslora.sensitivity import estimate_sensitivity
 from senslora.targets import find_target_layers, layer_shape
+from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 from senslora.training import TrainingResult, read_checkpoint_state, total_training_steps, train
 
 FINISHED_MARKER = "metrics.json"
