@@ -376,7 +376,7 @@ def test_report_on_bert_run_directory(bert_run: Path):
         assert float(weights[key]) == pytest.approx(value, rel=1e-5)
     # deterministic: the same bytes again
     before = {p.name: p.read_bytes() for p in written}
-    write_report(bert_run)
+    write_report(bert_run, overwrite=True)
     assert {p.name: p.read_bytes() for p in written} == before
 
 
@@ -533,3 +533,29 @@ def test_import_does_not_load_matplotlib():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_report_and_plot_are_not_replaced_without_overwrite(bert_run: Path, tmp_path: Path, capsys):
+    from senslora.cli import main
+
+    out = tmp_path / "report"
+    assert _main(["report", str(bert_run), "--output-dir", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "report.md").write_text("my notes")
+    capsys.readouterr()
+    assert main(["report", str(bert_run), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already exists; pass --overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (out / "report.md").read_text() == "my notes"  # nothing replaced
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "report.md"} == {
+        k: v for k, v in before.items() if k != "report.md"
+    }
+    assert main(["report", str(bert_run), "--output-dir", str(out), "--overwrite"]) == 0
+    assert (out / "report.md").read_bytes() == before["report.md"]
+
+    plot = tmp_path / "cmp.png"
+    plot.write_bytes(b"keep me")
+    assert main(["compare", str(bert_run), str(bert_run), "--plot", str(plot)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err and plot.read_bytes() == b"keep me"
+    assert main(["compare", str(bert_run), str(bert_run), "--plot", str(plot), "--overwrite"]) == 0
+    assert png_size(plot) == (576, 576)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 from senslora.compare import DEFAULT_TOP, compare_allocations, load_allocation_like, plot_comparison
 from senslora.report import DEFAULT_AVG_RANK, write_report
@@ -42,6 +43,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_AVG_RANK,
         help=f"average rank when ranks are computed from sensitivity.json alone (default {DEFAULT_AVG_RANK:g})",
     )
+    report.add_argument("--overwrite", action="store_true", help="replace report files already there")
     report.set_defaults(handler=run_report)
 
     compare = subparsers.add_parser(
@@ -56,12 +58,13 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "--top", type=_non_negative_int, default=DEFAULT_TOP, help=f"largest changes to list (default {DEFAULT_TOP})"
     )
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    compare.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")
     compare.set_defaults(handler=run_compare)
 
 
 def run_report(args: argparse.Namespace) -> int:
     """Write the report and print the files written."""
-    written = write_report(args.source, args.output_dir, avg_rank=args.avg_rank)
+    written = write_report(args.source, args.output_dir, avg_rank=args.avg_rank, overwrite=args.overwrite)
     print(f"wrote {len(written)} files:")
     for path in written:
         print(f"  {path}")
@@ -74,6 +77,8 @@ def _tau_text(value: float) -> str:
 
 def run_compare(args: argparse.Namespace) -> int:
     """Print Kendall tau, the share of changed ranks and the largest changes (or JSON); optionally plot."""
+    if args.plot and Path(args.plot).exists() and not args.overwrite:
+        raise ValueError(f"{args.plot} already exists; pass --overwrite to replace it")
     first, second = load_allocation_like(args.first), load_allocation_like(args.second)
     comparison = compare_allocations(first, second, top=args.top)
     if args.plot:

@@ -682,6 +682,7 @@ def write_report(
     output_dir: str | os.PathLike[str] | None = None,
     *,
     avg_rank: float = DEFAULT_AVG_RANK,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Write rank_map.png, metrics_by_layer.png (with metrics), report.html and report.md.
 
@@ -689,13 +690,15 @@ def write_report(
         source: a run directory, a sensitivity.json or a ranks.json.
         output_dir: where to write; default the run directory or the file's directory.
         avg_rank: average rank when the ranks are computed here (only sensitivity.json known).
+        overwrite: replace report files already there (otherwise their presence is an error).
 
     Returns:
         The paths written, in that order. Everything is rendered before the first file is written, and
         every file is written atomically.
 
     Raises:
-        ValueError: as `load_report_inputs`, or a bad `avg_rank`.
+        ValueError: as `load_report_inputs`, a bad `avg_rank`, or report files already there without
+            `overwrite` (checked before any work).
     """
     inputs = load_report_inputs(source, avg_rank=avg_rank)
     grid = build_module_grid(inputs)
@@ -709,6 +712,10 @@ def write_report(
         f"LoRA ranks of {len(allocation.ranks)} modules: average {format_number(allocation.avg_rank)}, "
         f"{allocation.scheme}, budget {allocation.budget} {allocation.budget_unit}s"
     )
+    if not overwrite:
+        for name in (RANK_MAP_FILE, METRICS_FILE, HTML_FILE, MARKDOWN_FILE):
+            if (target / name).exists():
+                raise ValueError(f"{target / name} already exists; pass --overwrite to replace the report")
     images = {RANK_MAP_FILE: plot_rank_map(grid, title)}
     if inputs.sensitivities is not None:
         estimator = inputs.sensitivity_metadata.get("estimator")
