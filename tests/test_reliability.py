@@ -294,6 +294,7 @@ CATALOGUE = [
     ("label-column-missing", "finetune", ["--label-column", "stars"], "'stars' not found", "early"),
     ("text-column-missing", "finetune", ["--text-column", "review"], "'review' not found", "early"),
     ("columns-same", "finetune", ["--text-column", "label", "--label-column", "label"], "both name column", "early"),
+    ("text-is-default-label", "finetune", ["--text-column", "label"], "would be both the text and the label", "early"),
     ("text-column-empty", "finetune", ["--text-column", ""], "text_column must be a non-empty string", "early"),
     (
         "regression-text-labels",

@@ -635,8 +635,8 @@ def _load_source(spec: DataSpec) -> _Source:
             raise ValueError(f"preset applies to local files and hub datasets, not to offline source {key!r}")
         if spec.validation_split is not None:
             raise ValueError(
-                f"offline source {key!r} ships a single table; leave validation_split None so that "
-                "validation_fraction of it is carved out"
+                f"offline source {key!r} ships a single table; leave the validation data unset (--validation-data, "
+                "DataSpec.validation_split) so that validation_fraction of it is carved out"
             )
         if spec.train_split != "train":
             raise ValueError(f"offline source {key!r} has only a 'train' split, not {spec.train_split!r}")
@@ -884,6 +884,12 @@ def _resolve_columns(spec: DataSpec, source: _Source) -> tuple[str, _Columns]:
         if found.text_pair is None and preset.text_pair_column is not None:  # the preset's pair is required
             need(None, "text_pair", None, preset.text_pair_column)
         label = need(found.label, "label", spec.label_column, preset.label_column)
+        if label in (text, found.text_pair):
+            role = "text" if label == text else "text pair"
+            raise ValueError(
+                f"column {label!r} would be both the {role} and the label; name the label column with "
+                "--label-column (or another text column with --text-column)"
+            )
         resolved = _Columns(text=text, text_pair=found.text_pair, label=label)
     if source.validation is not None:
         wanted = [*resolved.texts(), *([resolved.label] if resolved.label else [])]
