@@ -1274,3 +1274,23 @@ def test_activation_diagonals_match_a_hand_computation(example):
         assert rows[name] == (examples if name.endswith("pooler.dense") else real_tokens)
         torch.testing.assert_close(estimated[name], 2.0 * total / rows[name], rtol=1e-5, atol=1e-9)
     assert np.all([torch.isfinite(v).all() for v in estimated.values()])
+
+
+def test_atomic_writes_get_the_modes_plain_writes_would(tmp_path):
+    """Files and directories written atomically get 0666 / 0777 less the umask, like open() and mkdir()."""
+    from senslora.io import atomic_directory, atomic_write_text
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_text(tmp_path / "file.json", "{}")
+        atomic_directory(tmp_path / "adapter", lambda directory: (directory / "weights").write_text("w"))
+        (tmp_path / "plain_dir").mkdir()
+        (tmp_path / "plain_file").write_text("")
+    finally:
+        os.umask(previous)
+
+    def mode(name: str) -> int:
+        return (tmp_path / name).stat().st_mode & 0o777
+
+    assert mode("file.json") == mode("plain_file") == 0o640
+    assert mode("adapter") == mode("plain_dir") == 0o750

@@ -61,6 +61,7 @@ def atomic_directory(path: str | os.PathLike[str], write: Callable[[Path], None]
     recover_directory(target)
     temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(temporary, 0o777 & ~_current_umask())  # as mkdir would make it (mkdtemp makes it 0700)
         write(temporary)
         if target.exists():
             retired = _retired(target)
