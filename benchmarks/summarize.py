@@ -302,7 +302,7 @@ def summarize(directory: Path) -> str:
     for result in results:
         by_group[result["group"]].append(result)
     sections = [f"Results: {len(results)} experiments in `{_shown(directory)}`.", ""]
-    for group in sorted(by_group):
+    for group in sorted(set(by_group) - {"head"}):  # the head group has its own table below
         sections += [f"### {group}", "", *quality_table(by_group[group]), ""]
     if by_group.get("head"):
         references = head_references(by_group.get("main", []))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -96,3 +98,41 @@ def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_p
     sensitivity = json.loads((run_dir / "sensitivity.json").read_text())
     for record in (side["sensitivity"]["head_warmup"], sensitivity["head_warmup"]):
         assert record["steps"] == 5 and record["head_kept"] is True
+
+
+def test_loss_based_defaults_resolve_by_estimator_and_task():
+    from senslora.config import effective_head_warmup_steps, effective_max_rank_factor
+
+    assert effective_head_warmup_steps(None, "fisher", "classification") == 50
+    assert effective_head_warmup_steps(None, "hutchinson", "regression") == 50
+    assert effective_head_warmup_steps(None, "fisher", "causal_lm") == 0  # no new head to warm up
+    assert effective_head_warmup_steps(None, "activation", "classification") == 0
+    assert effective_head_warmup_steps(7, "activation", "classification") == 0  # activation never uses the head
+    assert effective_head_warmup_steps(0, "fisher", "classification") == 0
+    assert effective_max_rank_factor(None, "fisher") == effective_max_rank_factor(None, "hutchinson") == 2.0
+    assert effective_max_rank_factor(None, "activation") is None
+    assert effective_max_rank_factor(0, "fisher") is None and effective_max_rank_factor(3.0, "activation") == 3.0
+
+
+def test_fisher_run_gets_the_safeguards_by_default(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+    """A default fisher run warms the head up and caps ranks at 2x the average; 0 turns each off."""
+    from senslora import Allocation
+    from senslora.cli import main
+
+    base = ["sensitivity", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--estimator", "fisher"]
+    base += ["--no-progress", "--calibration-examples", "32", "--max-length", "32"]
+    assert main([*base, "--output", str(tmp_path / "default.json")]) == 0
+    assert main([*base, "--output", str(tmp_path / "off.json"), "--head-warmup-steps", "0"]) == 0
+    default = json.loads((tmp_path / "default.json").read_text())
+    assert default["head_warmup"]["steps"] == 50 and default["head_warmup"]["head_kept"] is True
+    assert json.loads((tmp_path / "off.json").read_text())["head_warmup"] == {"steps": 0}
+
+    capsys.readouterr()
+    allocate = ["allocate", str(tmp_path / "off.json"), "--avg-rank", "3"]
+    assert main([*allocate, "--output", str(tmp_path / "capped.json")]) == 0
+    assert "takes" not in capsys.readouterr().err
+    assert main([*allocate, "--output", str(tmp_path / "uncapped.json"), "--max-rank-factor", "0"]) == 0
+    assert "bert.pooler.dense" in capsys.readouterr().err  # without the cap the pooler dominates (warning)
+    capped = Allocation.from_json((tmp_path / "capped.json").read_text()).ranks
+    uncapped = Allocation.from_json((tmp_path / "uncapped.json").read_text()).ranks
+    assert max(capped.values()) <= 6 < max(uncapped.values()) and sum(capped.values()) == sum(uncapped.values())

@@ -37,6 +37,31 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -
     return field(default=default, metadata=metadata)
 
 
+# Safeguards of the loss-based estimators against a freshly initialised task head, on unless set explicitly
+# (chosen by the head benchmark in BENCHMARKS.md).
+LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson")
+DEFAULT_HEAD_WARMUP_STEPS = 50
+DEFAULT_LOSS_RANK_FACTOR = 2.0
+
+
+def effective_head_warmup_steps(steps: int | None, estimator: str, task: str) -> int:
+    """Head warm-up steps to run: `steps` if given, else DEFAULT_HEAD_WARMUP_STEPS for a loss-based
+    estimator on a task that gets a new head (classification, regression), else 0."""
+    if estimator not in LOSS_BASED_ESTIMATORS:
+        return 0
+    if steps is not None:
+        return steps
+    return DEFAULT_HEAD_WARMUP_STEPS if task in ("classification", "regression") else 0
+
+
+def effective_max_rank_factor(factor: float | None, estimator: str | None) -> float | None:
+    """The cap factor to allocate with: `factor` if given (0: no cap), else DEFAULT_LOSS_RANK_FACTOR for a
+    loss-based estimator and no cap otherwise."""
+    if factor is None:
+        return DEFAULT_LOSS_RANK_FACTOR if estimator in LOSS_BASED_ESTIMATORS else None
+    return None if factor == 0 else factor
+
+
 @dataclass
 class RunConfig:
     """Every option of `senslora sensitivity / allocate / finetune / evaluate`."""
@@ -76,7 +101,11 @@ class RunConfig:
     energy_threshold: float = option(0.85, "effective-rank metric threshold alpha")
     num_probes: int = option(4, "hutchinson: probes per batch")
     per_example: bool = option(False, "fisher: per-example gradients instead of batch gradients")
-    head_warmup_steps: int = option(0, "fisher/hutchinson: train only the new task head this many steps first")
+    head_warmup_steps: int | None = option(
+        None,
+        "fisher/hutchinson: train only the new task head this many steps first "
+        f"(default: {DEFAULT_HEAD_WARMUP_STEPS} for a new classification/regression head, else 0)",
+    )
     restore_warmed_head: bool = option(False, "after the sensitivity pass, put back the head as it was before warm-up")
     # allocation
     avg_rank: int = option(4, "average LoRA rank (the budget is avg_rank x number of modules)")
@@ -84,7 +113,11 @@ class RunConfig:
     budget_unit: str = option("rank", "budget unit", choices=BUDGET_UNITS)
     min_rank: int = option(1, "smallest rank (0 leaves a module out)")
     max_rank: int | None = option(None, "largest rank (none: no cap)")
-    max_rank_factor: float | None = option(None, "cap every rank at floor(factor x avg_rank) (EVA uses 2)")
+    max_rank_factor: float | None = option(
+        None,
+        "cap every rank at floor(factor x avg_rank) (EVA uses 2); default: "
+        f"{DEFAULT_LOSS_RANK_FACTOR:g} for fisher/hutchinson, no cap for activation; 0: no cap",
+    )
     weighting: str = option("cv", "fusion weights: cv = std/mean^2, equal = 0.5/mean", choices=WEIGHTINGS)
     metrics: list[str] = option(list(METRIC_GROUPS), "metric groups fused into theta", choices=METRIC_GROUPS)
     num_groups: int = option(3, "pra: number of groups")
@@ -153,7 +186,7 @@ class RunConfig:
         for name in ("topk_fraction", "energy_threshold"):
             if not 0 < getattr(self, name) <= 1:
                 raise ValueError(f"{name} must lie in (0, 1], got {getattr(self, name)}")
-        if self.head_warmup_steps < 0:
+        if self.head_warmup_steps is not None and self.head_warmup_steps < 0:
             raise ValueError(f"head_warmup_steps must be >= 0, got {self.head_warmup_steps}")
         if self.min_rank < 0:
             raise ValueError(f"min_rank must be >= 0, got {self.min_rank}")
@@ -164,7 +197,7 @@ class RunConfig:
             )
         if self.max_rank is not None and self.max_rank < max(1, self.min_rank):
             raise ValueError(f"max_rank must be >= max(1, min_rank={self.min_rank}) or none, got {self.max_rank}")
-        if self.max_rank_factor is not None and not 1 <= self.max_rank_factor * self.avg_rank <= MAX_INT:
+        if self.max_rank_factor not in (None, 0) and not 1 <= self.max_rank_factor * self.avg_rank <= MAX_INT:
             raise ValueError(
                 f"max_rank_factor must give a cap floor(factor x avg_rank) between 1 and {MAX_INT}, "
                 f"got {self.max_rank_factor}"

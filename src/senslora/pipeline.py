@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from senslora.allocation import Allocation, allocate_ranks
-from senslora.config import RunConfig
+from senslora.config import RunConfig, effective_head_warmup_steps, effective_max_rank_factor
 from senslora.data import DataSpec, TaskData, calibration_subset, load_calibration_source, load_task_data
 from senslora.distributed import (
     barrier,
@@ -211,13 +211,14 @@ def run_sensitivity(
 ) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
     """Sensitivity per module and the metadata recorded next to it (estimator, calibration, timing)."""
     warmup: dict[str, Any] = {"steps": 0}
-    warmed = bool(config.head_warmup_steps) and config.estimator in ("fisher", "hutchinson")
+    warmup_steps = effective_head_warmup_steps(config.head_warmup_steps, config.estimator, prepared.data.task)
+    warmed = warmup_steps > 0
     original_head = snapshot_head(prepared.model) if warmed and config.restore_warmed_head else None
     if warmed:
         warmup = warm_up_head(
             prepared.model,
             batches,
-            steps=config.head_warmup_steps,
+            steps=warmup_steps,
             learning_rate=config.learning_rate,
             seed=config.seed,
             progress=config.progress,
@@ -269,7 +270,10 @@ def run_sensitivity(
     return sensitivities, metadata
 
 
-def run_allocation(config: RunConfig, sensitivities: dict[str, ModuleSensitivity]) -> Allocation:
+def run_allocation(
+    config: RunConfig, sensitivities: dict[str, ModuleSensitivity], estimator: str | None = None
+) -> Allocation:
+    """Allocate with the run's options; `estimator` (default the config's) decides the default rank cap."""
     return allocate_ranks(
         sensitivities,
         avg_rank=config.avg_rank,
@@ -277,7 +281,7 @@ def run_allocation(config: RunConfig, sensitivities: dict[str, ModuleSensitivity
         budget_unit=config.budget_unit,
         min_rank=config.min_rank,
         max_rank=config.max_rank,
-        max_rank_factor=config.max_rank_factor,
+        max_rank_factor=effective_max_rank_factor(config.max_rank_factor, estimator or config.estimator),
         weighting=config.weighting,
         metrics=tuple(config.metrics),
         num_groups=config.num_groups,
