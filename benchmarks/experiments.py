@@ -89,6 +89,9 @@ def full() -> list[Experiment]:
     for seed in seeds:
         for method in ("adalora", "eva"):
             experiments.append(Experiment(f"full-{method}-r4-s{seed}", "main", base | _method(method) | {"seed": seed}))
+    for seed in seeds:  # PEFT's AdaLoRA starts from E = 0: at lr 1e-3 it stays at the majority class here
+        overrides = _method("adalora") | {"seed": seed, "learning_rate": 5e-3}
+        experiments.append(Experiment(f"full-adalora-r4-lr0.005-s{seed}", "main", base | overrides))
     for seed in seeds:
         half = _method("senslora", "activation") | params | {"avg_rank": 2, "seed": seed}
         experiments.append(Experiment(f"full-senslora-activation-r2-s{seed}", "half_budget", base | half))
