@@ -397,9 +397,9 @@ def warn_if_dominated(allocation: Allocation, share: float = DEFAULT_DOMINANCE_S
     name, held = largest_share(allocation)
     if held > share and held > 4.0 / len(allocation.ranks):
         warnings.warn(
-            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks). "
-            "With a freshly initialised task head, loss-based estimators overrate the modules next to "
-            "it: cap ranks (max_rank_factor=2), warm up the head first, or leave such modules out.",
+            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks); cap ranks "
+            "(max_rank_factor=2) or leave the module out. Causes seen: a freshly initialised task head "
+            "(loss-based estimators; warm it up first) and outlier activations (activation estimator).",
             DominanceWarning,
             stacklevel=3,
         )
