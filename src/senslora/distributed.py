@@ -169,6 +169,12 @@ def gather_objects(obj: Any) -> list[Any]:
     return gathered
 
 
+def shard_size(num_items: int, world_size: int | None = None) -> int:
+    """Items each process takes from `shard_indices` of `num_items`: ceil(num_items / world_size)."""
+    size = _world_size() if world_size is None else world_size
+    return -(-num_items // size)
+
+
 def shard_indices(order: list[int], rank: int | None = None, world_size: int | None = None) -> list[int]:
     """This process's share of an epoch's example order, the way DistributedSampler shares it.
 
@@ -181,7 +187,7 @@ def shard_indices(order: list[int], rank: int | None = None, world_size: int | N
     index = _rank() if rank is None else rank
     if size == 1 or not order:
         return list(order)
-    target = -(-len(order) // size) * size  # ceil(n / size) * size
+    target = shard_size(len(order), size) * size
     padded = (list(order) * -(-target // len(order)))[:target]
     return padded[index::size]
 

@@ -460,7 +460,7 @@ def finetune(config: RunConfig) -> dict[str, Any]:
             atomic_write_json(run_dir / "ranks.json", allocation.to_dict())
     if config.method == "eva" and batches is None:
         batches = calibration_batches(config, prepared, calibration_data)
-    total_steps = total_training_steps(-(-len(train_set) // world_size()), config.training())  # steps per process
+    total_steps = total_training_steps(len(train_set), config.training())
     torch.manual_seed(config.seed)
     model = build_peft_model(
         prepared.model,

@@ -42,7 +42,7 @@ from senslora.distributed import (
     is_main_process,
     rank,
     shard_indices,
-    world_size,
+    shard_size,
 )
 from senslora.io import (
     append_line,
@@ -131,8 +131,10 @@ class TrainingResult:
 
 
 def steps_per_epoch(num_examples: int, config: TrainingConfig) -> int:
-    """Optimizer steps in one epoch (a last partial accumulation group still steps)."""
-    return math.ceil(math.ceil(num_examples / config.batch_size) / config.gradient_accumulation_steps)
+    """Optimizer steps in one epoch (a last partial accumulation group still steps); under torch.distributed
+    each process takes `shard_size(num_examples)` of the examples per epoch."""
+    batches = math.ceil(shard_size(num_examples) / config.batch_size)
+    return math.ceil(batches / config.gradient_accumulation_steps)
 
 
 def total_training_steps(num_examples: int, config: TrainingConfig) -> int:
@@ -405,8 +407,7 @@ def train(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     distributed, main = is_distributed(), is_main_process()
-    examples_per_process = math.ceil(len(train_dataset) / world_size())
-    total = total_training_steps(examples_per_process, config)
+    total = total_training_steps(len(train_dataset), config)
     warmup = math.floor(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, total, warmup, config.scheduler)
@@ -442,7 +443,7 @@ def train(
     elif main:
         atomic_write_text(log_path, "")
     step_times: list[float] = []
-    batches_per_epoch = math.ceil(examples_per_process / config.batch_size)
+    batches_per_epoch = math.ceil(shard_size(len(train_dataset)) / config.batch_size)
     device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
     forward_model = DistributedDataParallel(model, device_ids=device_ids) if distributed else model
 
