@@ -245,36 +245,31 @@ def assert_same_sensitivities(actual_json: str, expected: dict[str, senslora.Mod
         assert actual[name].num_entries == item.num_entries, name
 
 
-@pytest.mark.distributed
-def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    output = tmp_path / "out"
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(free_port()),
-        str(script),
-        str(output),
-    ]
+def launch_two_processes(program: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+    """Run `program` (a script and its arguments, or -m module ...) as 2 CPU processes under torchrun."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    command += ["--master_port", str(free_port()), *program]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     # A new session, so that on a hang the launcher and both workers are ended together.
     launcher = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
     )
     try:
-        _, stderr = launcher.communicate(timeout=180)
+        stdout, stderr = launcher.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(launcher.pid, signal.SIGKILL)
         _, stderr = launcher.communicate()
-        pytest.fail(f"the 2-process run did not finish in 180 s:\n{stderr[-5000:]}")
-    assert launcher.returncode == 0, stderr[-5000:]
+        pytest.fail(f"the 2-process run did not finish in {timeout} s:\n{stderr[-5000:]}")
+    return subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
+
+
+@pytest.mark.distributed
+def test_two_process_gloo_run_matches_single_process(tmp_path: Path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    output = tmp_path / "out"
+    launched = launch_two_processes([str(script), str(output)], timeout=180)
+    assert launched.returncode == 0, launched.stderr[-5000:]
 
     runs = [torch.load(output / f"rank{r}.pt", weights_only=True) for r in range(2)]
     records = [run["record"] for run in runs]
@@ -348,22 +343,6 @@ def dropout_free_bert_dir(tmp_path_factory, tiny_bert_dir):
     return directory
 
 
-def launch_two_processes(arguments: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    command += ["--master_port", str(free_port()), "-m", "senslora.cli", *arguments]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    launcher = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
-    )
-    try:
-        stdout, stderr = launcher.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)
-        _, stderr = launcher.communicate()
-        pytest.fail(f"the 2-process run did not finish in {timeout} s:\n{stderr[-5000:]}")
-    return subprocess.CompletedProcess(command, launcher.returncode, stdout, stderr)
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize(
     "per_process", [["--batch-size", "8"], ["--batch-size", "4", "--gradient-accumulation-steps", "2"]]
@@ -385,7 +364,9 @@ def test_torchrun_finetune_equals_one_process_with_twice_the_batch(
     common += ["--calibration-examples", "32", "--calibration-batch-size", "8", "--max-length", "32"]
     common += ["--epochs", "2", "--lora-dropout", "0", "--learning-rate", "5e-3", "--no-progress", "--log-every", "1"]
     common = [str(a) for a in common]
-    two = launch_two_processes(["finetune", *common, *per_process, "--output-dir", str(tmp_path / "two")])
+    two = launch_two_processes(
+        ["-m", "senslora.cli", "finetune", *common, *per_process, "--output-dir", str(tmp_path / "two")]
+    )
     assert two.returncode == 0, two.stderr[-5000:]
     assert two.stdout.count("validation accuracy") == 1  # the main process alone reports
     assert main(["finetune", *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")]) == 0
