@@ -140,18 +140,15 @@ def head_table(results: list[dict[str, Any]], references: list[dict[str, Any]]) 
         "| tau vs plain (theta) |",
         "|---|---|---|---:|---:|---|---:|",
     ]
-    for label, runs in references:
+
+    def row(first: str, second: str, runs: list[dict[str, Any]], tau: str) -> str:
         mean, spread, count = mean_std(r["validation"]["accuracy"] for r in runs)
         params = ", ".join(f"{p:,}" for p in sorted({r["parameters"]["adapter"] for r in runs}))
-        shares = [largest_share(r["ranks"]) for r in runs]
-        share = max(shares, key=lambda item: item[1])
-        share_text = f"{share[1]:.1%} ({share[0]})"
-        lines.append(f"| {label} | reference | {mean:.4f} ± {spread:.4f} | {count} | {params} | {share_text} | - |")
+        name, share = max((largest_share(r["ranks"]) for r in runs), key=lambda item: item[1])
+        return f"| {first} | {second} | {mean:.4f} ± {spread:.4f} | {count} | {params} | {share:.1%} ({name}) | {tau} |"
+
+    lines += [row(label, "reference", runs, "-") for label, runs in references]
     for (estimator, variant), runs in sorted(cells.items()):
-        mean, spread, count = mean_std(r["validation"]["accuracy"] for r in runs)
-        params = ", ".join(f"{p:,}" for p in sorted({r["parameters"]["adapter"] for r in runs}))
-        shares = [largest_share(r["ranks"]) for r in runs]
-        share = max(shares, key=lambda item: item[1])
         taus = []
         for run in runs:
             reference = plain.get((estimator, run["config"]["seed"]))
@@ -159,11 +156,7 @@ def head_table(results: list[dict[str, Any]], references: list[dict[str, Any]]) 
                 theta = theta_of(run)
                 common = sorted(set(theta) & set(reference))
                 taus.append(kendall_tau_b([theta[n] for n in common], [reference[n] for n in common]))
-        tau = f"{statistics.fmean(taus):.3f}" if taus else "-"
-        lines.append(
-            f"| {estimator} | {variant} | {mean:.4f} ± {spread:.4f} | {count} | {params} | "
-            f"{share[1]:.1%} ({share[0]}) | {tau} |"
-        )
+        lines.append(row(estimator, variant, runs, f"{statistics.fmean(taus):.3f}" if taus else "-"))
     return lines
 
 
