@@ -124,14 +124,14 @@ HEAD_VARIANTS: dict[str, dict[str, Any]] = {
     "warmup-restore": {"head_warmup_steps": 50, "restore_warmed_head": True, "max_rank_factor": 0},
 }
 
-# The paper's ablations and ours, all on the activation estimator at average rank 4 (params budget).
+# The paper's ablations and ours, all on the activation estimator at average rank 4 (params budget). The
+# budget unit `rank` vs `params` is not repeated here: it is the `mainjob` pair of senslora experiments.
 ABLATIONS: dict[str, dict[str, Any]] = {
     "global-only": {"metrics": ["global"]},
     "local-only": {"metrics": ["local"]},
     "equal-weights": {"weighting": "equal"},
     "pra": {"scheme": "pra"},
     "alpha-fixed": {"alpha_mode": "fixed"},
-    "unit-rank": {"budget_unit": "rank"},
     "attention-only": {"target_modules": ["query", "key", "value", "attention.output.dense"]},
 }
 
