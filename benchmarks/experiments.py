@@ -100,6 +100,8 @@ def full() -> list[Experiment]:
             overrides = _method(method, estimator) | {"avg_rank": 8, "seed": seed}
             overrides |= params if method == "senslora" else {}
             experiments.append(Experiment(f"full-{_label(method, estimator)}-r8-s{seed}", "rank8", base | overrides))
+            name = f"full-{_label(method, estimator)}-r8-lr0.002-s{seed}"  # the sweep's best LoRA lr at rank 4
+            experiments.append(Experiment(name, "rank8", base | overrides | {"learning_rate": 2e-3}))
     for seed in (0, 1):  # SmolLM2 steps cost about 15x MiniLM's here: 32 steps of 8 paragraphs (128 tokens)
         lm = {"model": "smollm2", "data": "wikipedia", "max_length": 128, "max_train_examples": 256}
         lm |= {"max_validation_examples": 100, "calibration_examples": 64, "batch_size": 8, "epochs": 1}

@@ -160,6 +160,17 @@ def head_table(results: list[dict[str, Any]], references: list[dict[str, Any]]) 
     return lines
 
 
+# Groups whose table also shows the main table's learning-rate-1e-3 cells at average rank 4.
+REFERENCED = ("ablation", "half_budget")
+REFERENCE_LABELS = ("lora", "senslora (activation) budget_unit=params", "senslora (activation) budget_unit=rank")
+
+
+def main_references(main: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The main table's runs at average rank 4 and lr 1e-3 (LoRA, senslora activation in both budget
+    units): the settings every ablation and the half budget change one thing of."""
+    return [r for r in main if cell_key(r)[0] in REFERENCE_LABELS and cell_key(r)[1:] == (4, 1e-3)]
+
+
 def head_references(main: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """Reference rows for the head table: senslora activation (params budget, lr 1e-3) and uniform LoRA at
     its best learning rate of the sweep."""
@@ -189,16 +200,21 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
     from senslora.module_types import infer_module_type, order_module_types
 
     chosen: dict[str, dict[str, int]] = {}
-    for result in sorted(results, key=lambda r: (r["group"] != "main", r["config"]["seed"])):
+    for result in sorted(results, key=lambda r: (r["group"] != "main", r["config"]["seed"], r["experiment"])):
         config = result["config"]
-        label = f"senslora ({config['estimator']}), average rank {config['avg_rank']}"
-        plain = result["group"] != "head" or head_variant(result)[1] == "plain"  # not a safeguard variant
-        if config["method"] == "senslora" and plain and label not in chosen and result.get("ranks"):
+        label = f"{config['model']}: {config['estimator']}, average rank {config['avg_rank']}"
+        # the library's defaults: no ablation, and the head group only where both safeguards are on
+        default = result["group"] not in ("ablation", "head") or head_variant(result)[1] == "warmup-cap"
+        if config["method"] == "senslora" and default and label not in chosen and result.get("ranks"):
             chosen[label] = result["ranks"]
     if not chosen:
         return None
-    figure, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 4), sharey=True, squeeze=False)
-    for axis, (label, ranks) in zip(axes[0], sorted(chosen.items()), strict=True):
+    columns = min(3, len(chosen))
+    rows = -(-len(chosen) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), squeeze=False)
+    for axis in axes.flat[len(chosen) :]:
+        axis.set_visible(False)
+    for axis, (label, ranks) in zip(axes.flat, sorted(chosen.items()), strict=False):
         series: dict[str, dict[int, int]] = defaultdict(dict)
         for name, rank in ranks.items():
             layer, module_type = infer_module_type(name)
@@ -207,11 +223,11 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
         for module_type in order_module_types(list(series)):
             points = sorted(series[module_type].items())
             axis.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=module_type)
-        axis.set_title(label)
+        axis.set_title(label, fontsize=9)
         axis.set_xlabel("layer")
+        axis.set_ylabel("LoRA rank")
         axis.grid(alpha=0.3)
-    axes[0][0].set_ylabel("LoRA rank")
-    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        axis.legend(fontsize=6)
     figure.tight_layout()
     figure.savefig(path, dpi=96)
     plt.close(figure)
@@ -219,18 +235,24 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
 
 
 def plot_quality_vs_budget(results: list[dict[str, Any]], path: Path) -> Path | None:
-    """Main metric against adapter parameters, mean ± std over seeds, one series per method."""
+    """Main metric against adapter parameters, mean ± std over seeds, one series per method and learning
+    rate; the budget tables only (not the head variants, ablations or the decoder)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-    for (label, _rank, _lr), runs in group_cells(results).items():
+    results = [r for r in results if r["group"] not in ("head", "ablation", "decoder")]
+    best: dict[tuple[str, int], tuple[float, float, float, float]] = {}  # each cell at its best learning rate
+    for (label, rank, lr), runs in group_cells(results).items():
         metric = runs[0]["main_metric"]
         mean, spread, _ = mean_std(r["validation"][metric] for r in runs)
         params = statistics.fmean(r["parameters"]["adapter"] for r in runs)
-        series[label].append((params, mean, spread))
+        if (label, rank) not in best or mean > best[(label, rank)][1]:
+            best[(label, rank)] = (params, mean, spread, lr)
+    series: dict[str, list[tuple[float, float, float, float]]] = defaultdict(list)
+    for (label, _rank), point in best.items():
+        series[label].append(point)
     if not series:
         return None
     figure, axis = plt.subplots(figsize=(7, 4.5))
@@ -238,6 +260,9 @@ def plot_quality_vs_budget(results: list[dict[str, Any]], path: Path) -> Path | 
         points.sort()
         axis.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
                       capsize=3, label=label)  # fmt: skip
+        for params, mean, _, lr in points:
+            axis.annotate(f"lr {lr:g}", (params, mean), textcoords="offset points", xytext=(4, 4), fontsize=6)
+    axis.set_title("each point at its best learning rate of the sweep (mean ± std over seeds)", fontsize=9)
     axis.set_xlabel("trainable adapter parameters")
     axis.set_ylabel(results[0]["main_metric"])
     axis.grid(alpha=0.3)
@@ -248,31 +273,30 @@ def plot_quality_vs_budget(results: list[dict[str, Any]], path: Path) -> Path | 
     return path
 
 
-def plot_cost_ratios(results: list[dict[str, Any]], path: Path) -> Path | None:
-    """Step time and peak memory of each method relative to uniform LoRA, and sensitivity/training time."""
+def plot_cost_ratios(measurement: Path, path: Path) -> Path | None:
+    """Step time and peak memory of each method relative to uniform LoRA, from the interleaved measurement
+    of bench_training_cost.py (the quality runs share the cores, so their timings are not used)."""
+    if not measurement.exists():
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for result in results:
-        by_label[method_label(result)].append(result)
-    if "lora" not in by_label:
-        return None
-    lora_step = statistics.fmean(r["mean_step_seconds"] for r in by_label["lora"])
-    lora_memory = statistics.fmean(r["peak_rss_mb"] for r in by_label["lora"])
-    labels = sorted(by_label)
-    step = [statistics.fmean(r["mean_step_seconds"] for r in by_label[k]) / lora_step for k in labels]
-    memory = [statistics.fmean(r["peak_rss_mb"] for r in by_label[k]) / lora_memory for k in labels]
-    figure, axis = plt.subplots(figsize=(8, 4))
+    record = json.loads(measurement.read_text())
+    labels = list(record["step_ratio_to_lora"])
+    step = [record["step_ratio_to_lora"][k] for k in labels]
+    memory = [record["memory_ratio_to_lora"][k] for k in labels]
+    figure, axis = plt.subplots(figsize=(6, 3.6))
     positions = range(len(labels))
-    axis.bar([p - 0.2 for p in positions], step, width=0.4, label="step time / LoRA")
+    axis.bar([p - 0.2 for p in positions], step, width=0.4, label="training step time / LoRA")
     axis.bar([p + 0.2 for p in positions], memory, width=0.4, label="peak memory / LoRA")
-    axis.axhline(1.05, color="grey", linestyle="--", linewidth=1, label="goal 1.05")
-    axis.set_xticks(list(positions), labels, rotation=20, ha="right", fontsize=8)
+    axis.axhline(1.05, color="grey", linestyle="--", linewidth=1, label="goal for senslora: 1.05")
+    axis.set_xticks(list(positions), labels)
+    axis.set_ylim(0.8, max(step + memory + [1.05]) * 1.08)
+    axis.set_title(f"sensitivity pass = {record['sensitivity_to_training']:.1%} of the main job's training", fontsize=9)
     axis.set_ylabel("ratio to uniform LoRA")
-    axis.legend(fontsize=8)
+    axis.legend(fontsize=8, loc="lower right")
     figure.tight_layout()
     figure.savefig(path, dpi=96)
     plt.close(figure)
@@ -296,14 +320,15 @@ def summarize(directory: Path) -> str:
         by_group[result["group"]].append(result)
     sections = [f"Results: {len(results)} experiments in `{_shown(directory)}`.", ""]
     for group in sorted(set(by_group) - {"head"}):  # the head group has its own table below
-        sections += [f"### {group}", "", *quality_table(by_group[group]), ""]
+        runs = by_group[group] + (main_references(by_group.get("main", [])) if group in REFERENCED else [])
+        sections += [f"### {group}", "", *quality_table(runs), ""]
     if by_group.get("head"):
         references = head_references(by_group.get("main", []))
         sections += ["### head safeguards", "", *head_table(by_group["head"], references), ""]
     figures = [
         plot_rank_profiles(results, directory / "rank_profiles.png"),
         plot_quality_vs_budget(results, directory / "quality_vs_budget.png"),
-        plot_cost_ratios(results, directory / "cost_ratios.png"),
+        plot_cost_ratios(HERE / "results" / "training_cost.json", directory / "cost_ratios.png"),
     ]
     for figure in figures:
         if figure is not None:
