@@ -6,8 +6,9 @@
 
 A rerun skips experiments whose results file exists. Each worker calls `senslora.pipeline.finetune` (the
 library's own pipeline) in a temporary run directory and records configuration, package versions,
-hardware, git commit, trainable parameters, per-module ranks, per-epoch metrics, the wall times of the
-sensitivity pass and of training, the mean step time and the process's peak resident memory.
+hardware, git commit, trainable parameters, per-module ranks and learned update norms, per-epoch metrics,
+the wall times of the sensitivity pass and of training, the mean step time and the process's peak
+resident memory.
 """
 
 from __future__ import annotations
@@ -68,6 +69,31 @@ def adapter_ranks(run_dir: Path) -> dict[str, int]:
     return dict(sorted(ranks.items()))
 
 
+def adapter_update_norms(run_dir: Path) -> dict[str, float]:
+    """Per-module size of the learned update, ||(alpha / r) B A||_F, from the saved LoRA or EVA adapter
+    (alpha from PEFT's alpha_pattern, matched as PEFT does: the key ends the module name). AdaLoRA's
+    adapters (B diag(E) A) are left out."""
+    import re
+
+    from safetensors.torch import load_file
+
+    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    if any(key.endswith(".lora_E") for key in weights):
+        return {}
+    norms: dict[str, float] = {}
+    for key, a in weights.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+        b = weights[key.replace(".lora_A.", ".lora_B.")]
+        patterns = config.get("alpha_pattern") or {}
+        match = next((k for k in patterns if re.match(rf"(.*\.)?({k})$", module)), None)
+        alpha = patterns[match] if match is not None else config["lora_alpha"]
+        norms[module] = float((b.double() @ a.double()).norm()) * alpha / a.shape[0]
+    return dict(sorted(norms.items()))
+
+
 def run_worker(experiment: Experiment, output: Path) -> None:
     """In a fresh process: run one experiment and write its results JSON."""
     from senslora.cli import quiet_libraries
@@ -92,6 +118,7 @@ def run_worker(experiment: Experiment, output: Path) -> None:
             "git_commit": git_commit(),
             "parameters": metrics["parameters"],
             "ranks": adapter_ranks(run_dir),
+            "update_norms": adapter_update_norms(run_dir),
             "history": metrics["history"],
             "validation": metrics["validation"],
             "main_metric": metrics["main_metric"],

@@ -56,3 +56,37 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
         "finetune bf16 (2 steps)",
     ]
     assert all(row["seconds"] > 0 and row["peak_memory_mb"] > 0 for row in rows)
+
+
+def test_adapter_update_norms_match_peft_delta_weights(tmp_path):
+    """The harness's ||(alpha/r) B A|| per module equals PEFT's own get_delta_weight of the saved adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertConfig, BertModel
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from run import adapter_update_norms
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    lora = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["query", "value"],
+        rank_pattern={"encoder.layer.0.attention.self.query": 2},
+        alpha_pattern={"encoder.layer.0.attention.self.query": 3, "value": 20},
+    )
+    model = get_peft_model(BertModel(config), lora)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter.data)  # B starts at zero; give the update a size
+    model.save_pretrained(tmp_path / "adapter")
+    expected = {
+        name.removeprefix("base_model.model."): float(module.get_delta_weight("default").detach().double().norm())
+        for name, module in model.named_modules()
+        if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
+    }
+    measured = adapter_update_norms(tmp_path)
+    assert set(measured) == set(expected) and len(expected) == 4
+    for name, value in expected.items():
+        assert abs(measured[name] - value) <= 1e-4 * value, name
