@@ -190,6 +190,66 @@ def head_references(main: list[dict[str, Any]]) -> list[tuple[str, list[dict[str
     return references
 
 
+def update_agreement(results: list[dict[str, Any]]) -> list[str]:
+    """Does senslora give rank where uniform LoRA learns? For each senslora run with a uniform LoRA run of
+    the same average rank, learning rate and seed (and its update norms ||(alpha/r) B A|| recorded):
+    Kendall tau between the LoRA update norms and senslora's theta and ranks, and per module type the
+    share of LoRA's total update norm next to the share of senslora's ranks."""
+    from senslora.compare import kendall_tau_b
+    from senslora.module_types import infer_module_type
+
+    lora = {(r["config"]["avg_rank"], r["config"]["learning_rate"], r["config"]["seed"]): r["update_norms"]
+            for r in results if r["config"]["method"] == "lora" and r.get("update_norms")}  # fmt: skip
+    pairs: dict[tuple[str, int, float], list[tuple[dict[str, Any], dict[str, float]]]] = defaultdict(list)
+    for result in results:
+        config = result["config"]
+        norms = lora.get((config["avg_rank"], config["learning_rate"], config["seed"]))
+        default = result["group"] not in ("ablation", "head") or head_variant(result)[1] == "warmup-cap"
+        if config["method"] == "senslora" and default and norms and result.get("sensitivity"):
+            pairs[(method_label(result), config["avg_rank"], config["learning_rate"])].append((result, norms))
+    if not pairs:
+        return []
+    lines = [
+        "| senslora allocation | avg rank | lr | seeds | tau(theta, LoRA update norm) | tau(rank, LoRA update norm) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    type_shares: dict[str, dict[str, float]] = defaultdict(dict)
+    for (label, rank, lr), runs in sorted(pairs.items()):
+        theta_taus, rank_taus = [], []
+        for result, norms in runs:
+            theta, ranks = theta_of(result), result["ranks"]
+            common = sorted(set(norms) & set(theta) & set(ranks))
+            theta_taus.append(kendall_tau_b([theta[n] for n in common], [norms[n] for n in common]))
+            rank_taus.append(kendall_tau_b([float(ranks[n]) for n in common], [norms[n] for n in common]))
+        theta_text, rank_text = (f"{statistics.fmean(t):.3f}" for t in (theta_taus, rank_taus))
+        lines.append(f"| {label} | {rank} | {lr:g} | {len(runs)} | {theta_text} | {rank_text} |")
+        column = f"{label}, rank {rank}, lr {lr:g}"
+        type_shares[f"LoRA update norm, rank {rank}, lr {lr:g}"] = _shares_by_type(
+            [norms for _, norms in runs], infer_module_type
+        )
+        type_shares[column] = _shares_by_type([{k: float(v) for k, v in r["ranks"].items()} for r, _ in runs],
+                                              infer_module_type)  # fmt: skip
+    types = sorted({t for shares in type_shares.values() for t in shares})
+    lines += ["", "| share of the total, by module type | " + " | ".join(types) + " |"]
+    lines.append("|---|" + "---:|" * len(types))
+    for column, shares in type_shares.items():
+        lines.append(f"| {column} | " + " | ".join(f"{shares.get(t, 0.0):.1%}" for t in types) + " |")
+    return lines
+
+
+def _shares_by_type(per_seed: list[dict[str, float]], infer_module_type) -> dict[str, float]:
+    """Mean over seeds of each module type's share of the summed values (update norms or ranks)."""
+    shares: dict[str, list[float]] = defaultdict(list)
+    for values in per_seed:
+        total = sum(values.values()) or 1.0
+        by_type: dict[str, float] = defaultdict(float)
+        for name, value in values.items():
+            by_type[infer_module_type(name)[1]] += value / total
+        for module_type, share in by_type.items():
+            shares[module_type].append(share)
+    return {t: statistics.fmean(v) for t, v in shares.items()}
+
+
 def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None:
     """Ranks per layer for each module type, one panel per estimator (first seed)."""
     import matplotlib
@@ -325,6 +385,9 @@ def summarize(directory: Path) -> str:
     if by_group.get("head"):
         references = head_references(by_group.get("main", []))
         sections += ["### head safeguards", "", *head_table(by_group["head"], references), ""]
+    agreement = update_agreement([r for r in results if r["config"]["model"] == "minilm"])
+    if agreement:
+        sections += ["### where uniform LoRA learns vs where senslora puts rank", "", *agreement, ""]
     figures = [
         plot_rank_profiles(results, directory / "rank_profiles.png"),
         plot_quality_vs_budget(results, directory / "quality_vs_budget.png"),
