@@ -125,6 +125,7 @@ def run_worker(experiment: Experiment, output: Path) -> None:
             "best_epoch": metrics["best_epoch"],
             "sensitivity_seconds": metrics["sensitivity_seconds"],
             "train_seconds": metrics["train_seconds"],
+            "adapter_setup_seconds": metrics["adapter_setup_seconds"],
             "mean_step_seconds": metrics["mean_step_seconds"],
             "global_step": metrics["global_step"],
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

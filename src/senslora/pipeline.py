@@ -462,6 +462,7 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         batches = calibration_batches(config, prepared, calibration_data)
     total_steps = total_training_steps(len(train_set), config.training())
     torch.manual_seed(config.seed)
+    setup_start = time.perf_counter()  # for EVA this includes its SVD pass over the calibration batches
     model = build_peft_model(
         prepared.model,
         config.method,
@@ -476,6 +477,7 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         eva_batches=list(shard_batches(batches)) if batches is not None else None,  # PEFT gathers the inputs
         progress=config.progress,
     )
+    adapter_setup_seconds = time.perf_counter() - setup_start
     parameters = count_parameters(model)
     if main:
         print(
@@ -525,6 +527,7 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         "sensitivity_seconds": sensitivity_seconds,
         "train_seconds": result.train_seconds,
         "sensitivity_to_train_ratio": sensitivity_seconds / result.train_seconds if result.train_seconds else None,
+        "adapter_setup_seconds": adapter_setup_seconds,
         "mean_step_seconds": result.mean_step_seconds,
         "global_step": result.global_step,
         "versions": package_versions(),
