@@ -114,6 +114,10 @@ def full() -> list[Experiment]:
         overrides = lm | _method("senslora", "activation") | params | {"avg_rank": 8, "seed": seed}
         overrides |= {"learning_rate": 1e-3, "max_rank_factor": 2.0}
         experiments.append(Experiment(f"full-capped-smollm2-senslora-activation-s{seed}", "decoder", overrides))
+    for seed in seeds:  # control: the same seed's activation ranks shuffled among equal-cost modules
+        shuffled = ALLOCATIONS / f"activation-shuffled-s{seed}.json"  # from benchmarks/shuffled_allocations.py
+        overrides = _method("senslora", "activation") | params | {"seed": seed, "ranks": str(shuffled)}
+        experiments.append(Experiment(f"full-ablation-shuffled-s{seed}", "ablation", base | overrides))
     for seed in seeds:  # the rest of the rank-8 main table: each loss-based estimator (default safeguards), PEFT's
         for method, estimator, lr in [
             ("senslora", "fisher", 1e-3),
@@ -171,6 +175,7 @@ def mainjob() -> list[Experiment]:
 
 PROFILES = {"smoke": smoke, "quick": quick, "mainjob": mainjob, "full": full}
 RESULTS = Path(__file__).resolve().parent / "results"
+ALLOCATIONS = Path(__file__).resolve().parent / "allocations"
 
 
 def results_directory(profile: str) -> Path:

@@ -32,11 +32,17 @@ def method_label(result: dict[str, Any]) -> str:
     if method != "senslora":
         return method
     label = f"senslora ({overrides.get('estimator', 'activation')})"
-    extras = [f"{k}={v}" for k, v in sorted(overrides.items()) if k in ABLATION_KEYS]
+    extras = [f"{k}={_shown_value(k, v)}" for k, v in sorted(overrides.items()) if k in ABLATION_KEYS]
     return label + (" " + ", ".join(extras) if extras else "")
 
 
+def _shown_value(key: str, value: Any) -> Any:
+    """A ranks file by its kind (activation-shuffled-s0.json -> activation-shuffled), so seeds share a cell."""
+    return Path(value).stem.rsplit("-s", 1)[0] if key == "ranks" else value
+
+
 ABLATION_KEYS = {
+    "ranks",
     "metrics",
     "weighting",
     "scheme",
