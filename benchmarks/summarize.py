@@ -118,6 +118,24 @@ def one_off_seconds(result: dict[str, Any]) -> float:
     return result["sensitivity_seconds"] + result.get("adapter_setup_seconds", 0.0)
 
 
+def paired_differences(results: list[dict[str, Any]], reference: str) -> list[str]:
+    """Each cell's main metric minus the reference cell's, seed by seed (same data sample and head
+    initialisation), mean ± std over the seeds both have: a difference the seed spread would hide."""
+    cells = group_cells(results)
+    baseline = {r["config"]["seed"]: r for (label, _, _), runs in cells.items() if label == reference for r in runs}
+    lines = [f"| method | paired difference to {reference} (mean ± std) | seeds |", "|---|---|---:|"]
+    for (label, rank, lr), runs in sorted(cells.items()):
+        if label == reference:
+            continue
+        metric = runs[0]["main_metric"]
+        deltas = [r["validation"][metric] - baseline[s]["validation"][metric] for r in runs
+                  if (s := r["config"]["seed"]) in baseline]  # fmt: skip
+        if deltas:
+            mean, spread, count = mean_std(deltas)
+            lines.append(f"| {label} (rank {rank}, lr {lr:g}) | {mean:+.4f} ± {spread:.4f} | {count} |")
+    return lines
+
+
 def theta_of(result: dict[str, Any]) -> dict[str, float]:
     """theta per module, recomputed from the sensitivity recorded in a result (the run's metric options)."""
     from senslora.allocation import fuse_scores
@@ -394,6 +412,8 @@ def summarize(directory: Path) -> str:
     for group in sorted(set(by_group) - {"head"}):  # the head group has its own table below
         runs = by_group[group] + (main_references(by_group.get("main", [])) if group in REFERENCED else [])
         sections += [f"### {group}", "", *quality_table(runs), ""]
+        if group == "ablation":
+            sections += [*paired_differences(runs, REFERENCE_LABELS[1]), ""]
     if by_group.get("head"):
         references = head_references(by_group.get("main", []))
         sections += ["### head safeguards", "", *head_table(by_group["head"], references), ""]
