@@ -28,10 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from senslora.cli import quiet_libraries
     from senslora.config import RunConfig
-    from senslora.evaluation import evaluate_model
     from senslora.io import atomic_write_json
-    from senslora.pipeline import prepare
-    from senslora.tokenization import make_collator, tokenize_dataset
+    from senslora.pipeline import evaluate_on_validation, prepare
 
     quiet_libraries()
     known = {e.name: e for e in PROFILES["full"]()}
@@ -42,14 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.experiments:
         config = RunConfig(**known[name].overrides, progress=False)
         prepared = prepare(config)
-        data = prepared.data
-        validation = tokenize_dataset(data.validation, prepared.tokenizer, data, max_length=config.max_length)
-        collator = make_collator(prepared.tokenizer, data.task)
-        metrics = evaluate_model(
-            prepared.model, validation, collator, data, batch_size=config.eval_batch_size, progress=False
-        )
-        results[name] = {"main_metric": data.main_metric, **metrics}
-        print(f"{name}: base model {data.main_metric} {metrics[data.main_metric]:.4f}")
+        metrics = evaluate_on_validation(config, prepared, prepared.model.to(prepared.device))
+        metric = prepared.data.main_metric
+        results[name] = {"main_metric": metric, **metrics}
+        print(f"{name}: base model {metric} {metrics[metric]:.4f}")
     atomic_write_json(OUTPUT, results)
     return 0
 

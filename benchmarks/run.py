@@ -24,6 +24,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -51,14 +52,19 @@ def hardware() -> dict:
     }
 
 
-def adapter_ranks(run_dir: Path) -> dict[str, int]:
-    """Per-module ranks of the saved adapter, read from its weights (PEFT may shorten target names).
-
-    LoRA and EVA: rows of lora_A; AdaLoRA: the singular values left unpruned (non-zero lora_E).
-    """
+def load_adapter(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(weights, adapter_config.json) of the adapter a run saved."""
     from safetensors.torch import load_file
 
     weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
+    return weights, json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+
+
+def adapter_ranks(weights: dict[str, Any]) -> dict[str, int]:
+    """Per-module ranks of a saved adapter, read from its weights (PEFT may shorten target names).
+
+    LoRA and EVA: rows of lora_A; AdaLoRA: the singular values left unpruned (non-zero lora_E).
+    """
     ranks: dict[str, int] = {}
     for key, tensor in weights.items():
         module = key.removeprefix("base_model.model.")
@@ -69,25 +75,21 @@ def adapter_ranks(run_dir: Path) -> dict[str, int]:
     return dict(sorted(ranks.items()))
 
 
-def adapter_update_norms(run_dir: Path) -> dict[str, float]:
-    """Per-module size of the learned update, ||(alpha / r) B A||_F, from the saved LoRA or EVA adapter
+def adapter_update_norms(weights: dict[str, Any], config: dict[str, Any]) -> dict[str, float]:
+    """Per-module size of the learned update, ||(alpha / r) B A||_F, of a saved LoRA or EVA adapter
     (alpha from PEFT's alpha_pattern, matched as PEFT does: the key ends the module name). AdaLoRA's
     adapters (B diag(E) A) are left out."""
     import re
 
-    from safetensors.torch import load_file
-
-    weights = load_file(str(run_dir / "adapter" / "adapter_model.safetensors"))
-    config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
     if any(key.endswith(".lora_E") for key in weights):
         return {}
+    patterns = config.get("alpha_pattern") or {}
     norms: dict[str, float] = {}
     for key, a in weights.items():
         if not key.endswith(".lora_A.weight"):
             continue
         module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
         b = weights[key.replace(".lora_A.", ".lora_B.")]
-        patterns = config.get("alpha_pattern") or {}
         match = next((k for k in patterns if re.match(rf"(.*\.)?({k})$", module)), None)
         alpha = patterns[match] if match is not None else config["lora_alpha"]
         norms[module] = float((b.double() @ a.double()).norm()) * alpha / a.shape[0]
@@ -108,6 +110,7 @@ def run_worker(experiment: Experiment, output: Path) -> None:
         start = time.perf_counter()
         metrics = finetune(config)
         wall = time.perf_counter() - start
+        weights, adapter_config = load_adapter(run_dir)
         result = {
             "experiment": experiment.name,
             "group": experiment.group,
@@ -117,8 +120,8 @@ def run_worker(experiment: Experiment, output: Path) -> None:
             "hardware": hardware(),
             "git_commit": git_commit(),
             "parameters": metrics["parameters"],
-            "ranks": adapter_ranks(run_dir),
-            "update_norms": adapter_update_norms(run_dir),
+            "ranks": adapter_ranks(weights),
+            "update_norms": adapter_update_norms(weights, adapter_config),
             "history": metrics["history"],
             "validation": metrics["validation"],
             "main_metric": metrics["main_metric"],

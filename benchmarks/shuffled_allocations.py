@@ -48,24 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
 
-    from senslora.allocation import allocate_ranks
+    from senslora.config import RunConfig
     from senslora.io import atomic_write_json
     from senslora.metrics import ModuleSensitivity
+    from senslora.pipeline import run_allocation
 
     for seed in args.seeds:
         source = SOURCE.with_name(SOURCE.name.format(seed=seed))
         if not source.exists():
             raise SystemExit(f"error: {source} is missing: run the mainjob profile first")
         result = json.loads(source.read_text())
-        config = result["config"]
         sensitivities = {m["name"]: ModuleSensitivity.from_dict(m) for m in result["sensitivity"]["modules"]}
-        allocation = allocate_ranks(
-            sensitivities,
-            avg_rank=config["avg_rank"],
-            budget_unit=config["budget_unit"],
-            weighting=config["weighting"],
-            metrics=tuple(config["metrics"]),
-        )
+        allocation = run_allocation(RunConfig(**result["config"]), sensitivities)  # the run's own options
         if allocation.ranks != result["ranks"]:
             raise SystemExit(f"error: the recomputed allocation differs from the ranks trained in {source}")
         ranks = shuffle_within_cost(allocation.ranks, allocation.shapes, seed)

@@ -152,6 +152,14 @@ def head_variant(result: dict[str, Any]) -> tuple[str, str]:
     return estimator, rest.rsplit("-s", 1)[0]
 
 
+def runs_with_defaults(result: dict[str, Any]) -> bool:
+    """Whether a run used the library's defaults: no ablation, and in the head group only the variant with
+    both safeguards on (what fisher and hutchinson do by default)."""
+    if result["group"] == "ablation":
+        return False
+    return result["group"] != "head" or head_variant(result)[1] == "warmup-cap"
+
+
 def head_table(results: list[dict[str, Any]], references: list[dict[str, Any]]) -> list[str]:
     """The head safeguards: accuracy, largest budget share, and Kendall tau of theta against the plain run.
 
@@ -234,7 +242,7 @@ def update_agreement(results: list[dict[str, Any]]) -> list[str]:
     for result in results:
         config = result["config"]
         norms = lora.get((config["avg_rank"], config["learning_rate"], config["seed"]))
-        default = result["group"] not in ("ablation", "head") or head_variant(result)[1] == "warmup-cap"
+        default = runs_with_defaults(result)
         if config["method"] == "senslora" and default and norms and result.get("sensitivity"):
             pairs[(method_label(result), config["avg_rank"], config["learning_rate"])].append((result, norms))
     if not pairs:
@@ -293,8 +301,7 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
     for result in sorted(results, key=lambda r: (r["group"] != "main", r["config"]["seed"], r["experiment"])):
         config = result["config"]
         label = f"{config['model']}: {config['estimator']}, average rank {config['avg_rank']}"
-        # the library's defaults: no ablation, and the head group only where both safeguards are on
-        default = result["group"] not in ("ablation", "head") or head_variant(result)[1] == "warmup-cap"
+        default = runs_with_defaults(result)
         if config["method"] == "senslora" and default and label not in chosen and result.get("ranks"):
             chosen[label] = result["ranks"]
     if not chosen:

@@ -65,7 +65,7 @@ def test_adapter_update_norms_match_peft_delta_weights(tmp_path):
     from transformers import BertConfig, BertModel
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from run import adapter_update_norms
+    from run import adapter_update_norms, load_adapter
 
     torch.manual_seed(0)
     config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
@@ -86,7 +86,7 @@ def test_adapter_update_norms_match_peft_delta_weights(tmp_path):
         for name, module in model.named_modules()
         if hasattr(module, "get_delta_weight") and hasattr(module, "lora_A")
     }
-    measured = adapter_update_norms(tmp_path)
+    measured = adapter_update_norms(*load_adapter(tmp_path))
     assert set(measured) == set(expected) and len(expected) == 4
     for name, value in expected.items():
         assert abs(measured[name] - value) <= 1e-4 * value, name

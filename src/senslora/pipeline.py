@@ -551,6 +551,11 @@ def evaluate_adapter(config: RunConfig, adapter_dir: str | Path) -> dict[str, fl
     except (OSError, RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"adapter {str(adapter_dir)!r} does not fit model {config.model!r}: {first}") from None
+    return evaluate_on_validation(config, prepared, model)
+
+
+def evaluate_on_validation(config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, float]:
+    """The task's metrics of `model` (an adapted or the bare base model) on the run's validation split."""
     data = prepared.data
     validation_set = tokenize_dataset(data.validation, prepared.tokenizer, data, max_length=config.max_length)
     return evaluate_model(

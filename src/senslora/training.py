@@ -130,11 +130,15 @@ class TrainingResult:
         return asdict(self)
 
 
+def batches_per_epoch(num_examples: int, config: TrainingConfig) -> int:
+    """Micro-batches this process runs in one epoch: under torch.distributed each process takes
+    `shard_size(num_examples)` of the examples."""
+    return math.ceil(shard_size(num_examples) / config.batch_size)
+
+
 def steps_per_epoch(num_examples: int, config: TrainingConfig) -> int:
-    """Optimizer steps in one epoch (a last partial accumulation group still steps); under torch.distributed
-    each process takes `shard_size(num_examples)` of the examples per epoch."""
-    batches = math.ceil(shard_size(num_examples) / config.batch_size)
-    return math.ceil(batches / config.gradient_accumulation_steps)
+    """Optimizer steps in one epoch (a last partial accumulation group still steps)."""
+    return math.ceil(batches_per_epoch(num_examples, config) / config.gradient_accumulation_steps)
 
 
 def total_training_steps(num_examples: int, config: TrainingConfig) -> int:
@@ -443,7 +447,7 @@ def train(
     elif main:
         atomic_write_text(log_path, "")
     step_times: list[float] = []
-    batches_per_epoch = math.ceil(shard_size(len(train_dataset)) / config.batch_size)
+    epoch_batches = batches_per_epoch(len(train_dataset), config)
     device_ids = [device.index] if device.type == "cuda" and device.index is not None else None
     forward_model = DistributedDataParallel(model, device_ids=device_ids) if distributed else model
 
@@ -469,7 +473,7 @@ def train(
         order = shard_indices(epoch_order(len(train_dataset), config.seed, epoch))
         first = skip_batches if epoch == start_epoch else 0
         bar = tqdm(
-            range(first, batches_per_epoch),
+            range(first, epoch_batches),
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not (progress and main),
             leave=False,
@@ -479,7 +483,7 @@ def train(
         for batch_index in bar:
             indices = order[batch_index * config.batch_size : (batch_index + 1) * config.batch_size]
             batch = {k: v.to(device) for k, v in collate([train_dataset[i] for i in indices]).items()}
-            last_in_epoch = batch_index == batches_per_epoch - 1
+            last_in_epoch = batch_index == epoch_batches - 1
             stepping = last_in_epoch or (batch_index + 1) % config.gradient_accumulation_steps == 0
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 loss = forward_model(**batch).loss
@@ -525,7 +529,7 @@ def train(
                 sums = gather_objects((running_loss, running_count))  # the loss over every process
                 record = {
                     "step": result.global_step,
-                    "epoch": epoch + (batch_index + 1) / batches_per_epoch,
+                    "epoch": epoch + (batch_index + 1) / epoch_batches,
                     "loss": sum(s[0] for s in sums) / sum(s[1] for s in sums),
                     "learning_rate": scheduler.get_last_lr()[0],
                     "grad_norm": grad_norm,
