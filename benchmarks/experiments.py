@@ -173,7 +173,14 @@ def mainjob() -> list[Experiment]:
     return experiments
 
 
-PROFILES = {"smoke": smoke, "quick": quick, "mainjob": mainjob, "full": full}
+def evidence() -> list[Experiment]:
+    """Test beds where allocation may matter, with their controls (benchmarks/evidence.py)."""
+    from evidence import evidence as evidence_experiments
+
+    return evidence_experiments()
+
+
+PROFILES = {"smoke": smoke, "quick": quick, "mainjob": mainjob, "full": full, "evidence": evidence}
 RESULTS = Path(__file__).resolve().parent / "results"
 ALLOCATIONS = Path(__file__).resolve().parent / "allocations"
 

@@ -3,6 +3,7 @@
     python benchmarks/run.py --profile quick            # about 15 minutes on a quiet 2-core CPU
     python benchmarks/run.py --profile full --only lora # a subset of the full grid
     python benchmarks/run.py --profile full --jobs 2    # two experiments at a time, threads split between them
+    python benchmarks/run.py --profile evidence --jobs 2 --only minilm-r1 --only head-only  # test beds
 
 A rerun skips experiments whose results file exists. Each worker calls `senslora.pipeline.finetune` (the
 library's own pipeline) in a temporary run directory and records configuration, package versions,
@@ -14,6 +15,7 @@ resident memory.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -29,6 +31,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from controls import control_allocation, run_baseline, write_ranks  # noqa: E402
 from experiments import PROFILES, Experiment, results_directory  # noqa: E402
 
 
@@ -104,10 +107,23 @@ def run_worker(experiment: Experiment, output: Path) -> None:
     from senslora.pipeline import finetune, package_versions
 
     quiet_libraries()
+    overrides = dict(experiment.overrides)
+    control, baseline = overrides.pop("control", None), overrides.pop("baseline", None)
     with tempfile.TemporaryDirectory() as temporary:
         run_dir = Path(temporary) / "run"
-        config = RunConfig(**experiment.overrides, output_dir=str(run_dir), progress=False)
+        config = RunConfig(**overrides, output_dir=str(run_dir), progress=False)
         start = time.perf_counter()
+        if baseline is not None:
+            outcome = run_baseline(config, baseline)
+            record = {"experiment": experiment.name, "group": experiment.group, "overrides": experiment.overrides}
+            record |= {"config": config.to_dict(), "versions": package_versions(), "hardware": hardware()}
+            record |= {"git_commit": git_commit(), **outcome, "wall_seconds": time.perf_counter() - start}
+            atomic_write_json(output, record)
+            return
+        control_record = None
+        if control is not None:
+            allocation, control_record = control_allocation(config, control)
+            config = dataclasses.replace(config, ranks=str(write_ranks(allocation, Path(temporary))))
         metrics = finetune(config)
         wall = time.perf_counter() - start
         weights, adapter_config = load_adapter(run_dir)
@@ -134,6 +150,8 @@ def run_worker(experiment: Experiment, output: Path) -> None:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "wall_seconds": wall,
         }
+        if control_record is not None:
+            result["control"] = control_record
         if (run_dir / "sensitivity.json").exists():
             sensitivity = json.loads((run_dir / "sensitivity.json").read_text())
             result["sensitivity"] = {k: v for k, v in sensitivity.items() if k != "versions"}
@@ -159,7 +177,9 @@ def run_one(experiment: Experiment, profile: str, results_dir: Path, threads: in
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    parser.add_argument("--only", help="run only experiments whose name contains this text")
+    parser.add_argument(
+        "--only", action="append", help="run only experiments whose name contains this text (repeatable: any)"
+    )
     parser.add_argument("--results-dir", type=Path, default=None, help="default: benchmarks/results/<profile>")
     parser.add_argument("--jobs", type=int, default=1, help="experiments run at once (CPU threads are split)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -171,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
-    selected = [e for e in experiments.values() if not args.only or args.only in e.name]
+    selected = [e for e in experiments.values() if not args.only or any(text in e.name for text in args.only)]
     pending = [e for e in selected if not (results_dir / f"{e.name}.json").exists()]
     print(f"{len(selected)} experiments, {len(selected) - len(pending)} done already, {len(pending)} to run")
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None

@@ -15,32 +15,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from controls import shuffle_within_cost  # noqa: E402
+
 ALLOCATIONS = HERE / "allocations"
 SOURCE = HERE / "results" / "full" / "mainjob-senslora-activation-params-s{seed}.json"
 
 
 def shuffled_path(seed: int) -> Path:
     return ALLOCATIONS / f"activation-shuffled-s{seed}.json"
-
-
-def shuffle_within_cost(ranks: dict[str, int], shapes: dict[str, tuple[int, int]], seed: int) -> dict[str, int]:
-    """Permute ranks among modules of equal d_in + d_out (the parameters one rank costs)."""
-    classes: dict[int, list[str]] = defaultdict(list)
-    for name in sorted(ranks):
-        classes[sum(shapes[name])].append(name)
-    generator = random.Random(seed)
-    shuffled: dict[str, int] = {}
-    for names in classes.values():
-        values = [ranks[n] for n in names]
-        generator.shuffle(values)
-        shuffled.update(zip(names, values, strict=True))
-    return shuffled
 
 
 def main(argv: list[str] | None = None) -> int:

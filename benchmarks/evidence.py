@@ -1,0 +1,92 @@
+"""The `evidence` profile: test beds where LoRA's capacity binds, each with its controls.
+
+Every test bed runs, paired by seed (0, 1, 2): uniform LoRA over a learning-rate sweep, senslora over the
+same sweep, senslora's own ranks in reverse theta order (`inverse`) and shuffled (`shuffled`) among
+modules of equal cost (identical parameters), and the no-adapter baseline (the new head trained alone,
+or the base model). A test bed *discriminates* when the inverse or shuffled allocation trains worse than
+senslora's by more than the paired spread. Experiments are listed cheapest and most informative first.
+
+- `minilm-r1`, `minilm-r2`: MiniLM + Rotten Tomatoes (the main job: 2,000 snippets, 2 epochs, 250 steps)
+  at average rank 1 and 2 in the `params` unit with min_rank 0 (and the default 2x cap), so the
+  allocation decides which matrices get an adapter at all.
+- `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8,
+  about 150-190 optimizer steps: 1,000 Wikipedia paragraphs for one epoch, or all of Hamlet (a shifted
+  domain: early-modern verse) for four epochs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEEDS = (0, 1, 2)
+
+MINILM = {"model": "minilm", "data": "rotten_tomatoes", "max_train_examples": 2000, "max_validation_examples": 1000}
+MINILM |= {"epochs": 2}
+LOW_BUDGET = {"budget_unit": "params", "min_rank": 0, "max_rank_factor": 2.0}
+MINILM_LRS = (2e-3, 1e-3, 4e-3)
+MINILM_CONTROL_LR = 2e-3
+
+SMOLLM2 = {"model": "smollm2", "max_length": 64, "batch_size": 8, "max_validation_examples": 100}
+SMOLLM2 |= {"calibration_examples": 64, "avg_rank": 8, "budget_unit": "params"}
+SMOLLM2_DATA = {
+    "wiki": {"data": "wikipedia", "max_train_examples": 1000, "epochs": 1},
+    "hamlet": {"data": "hamlet", "max_train_examples": None, "epochs": 4},
+}
+SMOLLM2_LRS = (1e-3, 2e-3)
+SMOLLM2_CONTROL_LR = 1e-3
+
+
+def _experiment(name: str, group: str, overrides: dict[str, Any]) -> Any:
+    from experiments import Experiment
+
+    return Experiment(name, group, overrides)
+
+
+def _lr(value: float) -> str:
+    return f"lr{value:g}"
+
+
+def minilm_bed(avg_rank: int) -> list[Any]:
+    group = f"evidence-minilm-r{avg_rank}"
+    base = MINILM | LOW_BUDGET | {"avg_rank": avg_rank}
+    senslora = base | {"method": "senslora", "estimator": "activation"}
+    runs = []
+    for lr in MINILM_LRS:  # the control learning rate first: the discrimination question comes first
+        for seed in SEEDS:
+            lora = base | {"method": "lora", "learning_rate": lr, "seed": seed}
+            runs.append((f"{group}-lora-{_lr(lr)}-s{seed}", lora))
+            runs.append((f"{group}-senslora-{_lr(lr)}-s{seed}", senslora | {"learning_rate": lr, "seed": seed}))
+            if lr == MINILM_CONTROL_LR:
+                for control in ("inverse", "shuffled"):
+                    overrides = senslora | {"learning_rate": lr, "seed": seed, "control": control}
+                    runs.append((f"{group}-{control}-{_lr(lr)}-s{seed}", overrides))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
+def minilm_baseline() -> list[Any]:
+    base = MINILM | {"method": "lora", "learning_rate": MINILM_CONTROL_LR, "baseline": "head_only"}
+    return [_experiment(f"evidence-minilm-head-only-s{s}", "evidence-minilm", base | {"seed": s}) for s in SEEDS]
+
+
+def smollm2_bed(domain: str) -> list[Any]:
+    group = f"evidence-smollm2-{domain}"
+    base = SMOLLM2 | SMOLLM2_DATA[domain]
+    senslora = base | {"method": "senslora", "estimator": "activation"}
+    runs = [(f"{group}-base-model-s{s}", base | {"method": "lora", "baseline": "base_model", "seed": s}) for s in SEEDS]
+    for lr in SMOLLM2_LRS:
+        for seed in SEEDS:
+            lora = base | {"method": "lora", "learning_rate": lr, "seed": seed}
+            runs.append((f"{group}-lora-{_lr(lr)}-s{seed}", lora))
+            runs.append((f"{group}-senslora-{_lr(lr)}-s{seed}", senslora | {"learning_rate": lr, "seed": seed}))
+            if lr == SMOLLM2_CONTROL_LR:
+                for control in ("inverse", "shuffled"):
+                    overrides = senslora | {"learning_rate": lr, "seed": seed, "control": control}
+                    runs.append((f"{group}-{control}-{_lr(lr)}-s{seed}", overrides))
+                uncapped = senslora | {"learning_rate": lr, "seed": seed, "max_rank_factor": 0}
+                runs.append((f"{group}-senslora-uncapped-{_lr(lr)}-s{seed}", uncapped))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
+def evidence() -> list[Any]:
+    """Every evidence experiment, in the order the runner works through them."""
+    return [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
