@@ -1069,7 +1069,10 @@ def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
     model = torch.nn.Linear(3, 2)
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
     (checkpoint / "senslora").mkdir(parents=True)
-    save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(checkpoint / "senslora" / "trainable.safetensors"))
+    save_file(
+        {n: p.detach().clone() for n, p in model.named_parameters()},
+        str(checkpoint / "senslora" / "trainable.safetensors"),
+    )
     state = {"global_step": 4, "history": [], "best_epoch": None, "best_metrics": {}, "train_seconds": 0.0}
     (checkpoint / "senslora" / "state.json").write_text(json.dumps(state))
     marker = tmp_path / "code-ran"

@@ -1,4 +1,4 @@
-"""Training on transformers.Trainer: schedule by hand, accumulation equals a larger batch, data order, early stopping."""
+"""Training on transformers.Trainer: hand schedule, accumulation = larger batch, data order, early stopping."""
 
 from __future__ import annotations
 
@@ -145,14 +145,25 @@ def test_trainer_visits_examples_in_the_seeded_order(tmp_path):
     )
     examples = _examples()
     config = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-2, seed=5)
-    train(model, examples, _collate, lambda m: {"accuracy": 0.0}, config, tmp_path, main_metric="accuracy",
-          greater_is_better=True, progress=False)
+    train(
+        model,
+        examples,
+        _collate,
+        lambda m: {"accuracy": 0.0},
+        config,
+        tmp_path,
+        main_metric="accuracy",
+        greater_is_better=True,
+        progress=False,
+    )
     for epoch in range(2):
         order = torch.randperm(32, generator=torch.Generator().manual_seed(5 * 100_003 + epoch)).tolist()
         for batch in range(4):
             expected = torch.stack([examples[i]["input_ids"] for i in order[batch * 8 : (batch + 1) * 8]])
             assert torch.equal(seen[epoch * 4 + batch], expected), (epoch, batch)
-    assert epoch_order(32, 5, 1) == torch.randperm(32, generator=torch.Generator().manual_seed(5 * 100_003 + 1)).tolist()
+    assert (
+        epoch_order(32, 5, 1) == torch.randperm(32, generator=torch.Generator().manual_seed(5 * 100_003 + 1)).tolist()
+    )
 
 
 def test_early_stopping_after_patience_evaluations_without_gain(tmp_path):

@@ -229,7 +229,7 @@ class RunState:
 def _epoch_number(epoch: float | None) -> float:
     """The Trainer's fractional epoch, as an integer when it is whole (the end of an epoch)."""
     value = float(epoch or 0.0)
-    return int(round(value)) if abs(value - round(value)) < 1e-9 else round(value, 6)
+    return round(value) if abs(value - round(value)) < 1e-9 else round(value, 6)
 
 
 class EpochOrderSampler(torch.utils.data.Sampler[int]):
@@ -274,7 +274,9 @@ class SensloraTrainerMixin:
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """The model's loss on a micro-batch; a non-finite one on any process stops every process."""
-        result = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
         loss = result[0] if return_outputs else result
         if not model.training:
             return result

@@ -36,6 +36,7 @@ from senslora.distributed import (
     shard_batches,
     world_size,
 )
+from senslora.engine import STATE_FOLDER, check_resumable, checkpoints, train
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
@@ -45,7 +46,6 @@ from senslora.models import check_max_length, check_model_name, load_model_and_t
 from senslora.sensitivity import estimate_sensitivity
 from senslora.targets import find_target_layers, layer_shape
 from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
-from senslora.engine import STATE_FOLDER, check_resumable, checkpoints, train
 from senslora.training import TrainingResult, total_training_steps
 
 FINISHED_MARKER = "metrics.json"

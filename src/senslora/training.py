@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from senslora.distributed import shard_size
+from senslora.distributed import world_size
 
 SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
@@ -113,9 +113,9 @@ class TrainingResult:
 
 
 def batches_per_epoch(num_examples: int, config: TrainingConfig) -> int:
-    """Micro-batches this process runs in one epoch: under torch.distributed each process takes
-    `shard_size(num_examples)` of the examples."""
-    return math.ceil(shard_size(num_examples) / config.batch_size)
+    """Micro-batches each process runs in one epoch: ceil(n / (world_size x batch_size)), as Accelerate
+    shares the epoch's batches over the processes (batch r, r + W, ... to process r, padded to a multiple)."""
+    return math.ceil(num_examples / (world_size() * config.batch_size))
 
 
 def steps_per_epoch(num_examples: int, config: TrainingConfig) -> int:
@@ -163,7 +163,7 @@ def _adalora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], Any]:
 def _restore_adalora_state(model: nn.Module, tensors: dict[str, torch.Tensor], rank_pattern: Any) -> None:
     allocator = _rank_allocator(model)
     allocator.reset_ipt()
-    device = _device_of(model)
+    device = next(model.parameters()).device
     for key, value in tensors.items():
         kind, name = key.split("::", 1)
         getattr(allocator, kind)[name] = value.to(device)
@@ -212,5 +212,3 @@ def first_non_finite_module(model: nn.Module, batch: dict[str, torch.Tensor]) ->
         for handle in handles:
             handle.remove()
     return found[0] if found else None
-
-
