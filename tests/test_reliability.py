@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 import senslora.pipeline as pipeline
 from senslora.allocation import DominanceWarning, allocate_ranks
 from senslora.cli import main
+from senslora.engine import last_checkpoint
 from senslora.io import (
     append_line,
     atomic_directory,
@@ -124,13 +125,14 @@ class Inputs:
         return path
 
     def fake_checkpoint(self, run: Path, config: dict | None, *, complete: bool = True) -> Path:
-        last = run / "checkpoints" / "last"
-        last.mkdir(parents=True)
-        files = ["trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"]
-        for name in files[: len(files) if complete else 1]:
-            (last / name).write_bytes(b"")
-        state = {"epoch": 0, "batch": 2, "global_step": 2, "history": [], "best_epoch": None, "best_metrics": {}}
-        (last / "state.json").write_text(json.dumps({**state, "train_seconds": 0.0}))
+        state_dir = run / "checkpoints" / "checkpoint-2" / "senslora"
+        state_dir.mkdir(parents=True)
+        (state_dir / "trainable.safetensors").write_bytes(b"")
+        if complete:
+            state = {"global_step": 2, "history": [], "best_epoch": None, "best_metrics": {}, "train_seconds": 0.0}
+            (state_dir / "state.json").write_text(json.dumps(state))
+            torch.save({"state": {}, "param_groups": []}, state_dir.parent / "optimizer.pt")
+            torch.save({}, state_dir.parent / "scheduler.pt")
         if config is not None:
             (run / "config.json").write_text(json.dumps(config))
         return run
@@ -369,7 +371,11 @@ CATALOGUE = [
         "early",
     ),
     ("max-steps-zero", "finetune", ["--max-steps", "0"], "max_steps must be an integer >= 1", "early"),
-    ("checkpoint-every-zero", "finetune", ["--checkpoint-every", "0"], "checkpoint_every must be", "early"),
+    ("save-steps-zero", "finetune", ["--save-steps", "0"], "save_steps must be", "early"),
+    ("eval-steps-zero", "finetune", ["--eval-steps", "0"], "eval_steps must be", "early"),
+    ("early-stopping-patience-zero", "finetune", ["--early-stopping-patience", "0"], "patience must be", "early"),
+    ("report-to-unknown", "finetune", ["--report-to", "slack"], "'slack' is not allowed", "early"),
+    ("report-to-none-and-more", "finetune", ["--report-to", "none", "tensorboard"], "excludes every", "early"),
     ("log-every-zero", "finetune", ["--log-every", "0"], "log_every must be an integer >= 1", "early"),
     ("lora-dropout-one", "finetune", ["--lora-dropout", "1"], "lora_dropout must lie in [0, 1)", "early"),
     ("lora-alpha-negative", "finetune", ["--lora-alpha", "-8"], "lora_alpha must be a positive number", "early"),
@@ -618,8 +624,10 @@ sys.exit(main(sys.argv[1:]))
 
 
 def read_state(run_dir: Path) -> dict | None:
+    """The senslora state of the newest complete checkpoint (None while there is none)."""
     try:
-        return json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
+        last = last_checkpoint(run_dir)
+        return json.loads((last / "senslora" / "state.json").read_text()) if last else None
     except (OSError, ValueError):
         return None  # not written yet, or being replaced right now
 
@@ -635,7 +643,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
     # 160 rows -> 144 train (16 carved for validation) -> 9 steps per epoch, 27 in all.
     options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress", "--epochs", "3"]
     options += ["--batch-size", "16", "--max-length", "32", "--calibration-examples", "32", "--seed", "3"]
-    options += ["--checkpoint-every", "2", "--log-every", "5"]
+    options += ["--save-steps", "2", "--log-every", "5"]
     killed = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with (tmp_path / "stdout.txt").open("w") as out, (tmp_path / "stderr.txt").open("w") as err:
@@ -651,7 +659,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
             state = None
             while time.monotonic() < deadline and process.poll() is None:
                 state = read_state(killed)
-                if state and state["epoch"] >= 1 and state["global_step"] >= 12:
+                if state and state["global_step"] >= 12:
                     break
                 time.sleep(0.05)
             assert process.poll() is None, (tmp_path / "stderr.txt").read_text()
@@ -660,12 +668,10 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
             process.kill()
             process.wait()
     assert process.returncode == -signal.SIGKILL
-    assert state is not None and state["epoch"] == 1 and state["global_step"] % 2 == 0
+    assert state is not None and state["global_step"] % 2 == 0
     final_state = read_state(killed)
-    # The checkpoint is mid-epoch and records the batch position: one batch per step, 9 steps per epoch.
-    assert (
-        0 < final_state["batch"] < 9 and final_state["batch"] == final_state["global_step"] - 9 * final_state["epoch"]
-    )
+    # The checkpoint is mid-epoch (9 steps per epoch, one checkpoint every 2 steps and at each epoch's end).
+    assert 9 < final_state["global_step"] < 18 and final_state["global_step"] % 2 == 0
     assert not (killed / "metrics.json").exists()
 
     # The best adapter so far (epoch 1) survived the kill whole and loads with stock PEFT.
@@ -710,7 +716,7 @@ def test_interrupted_run_resumes_exactly(method, stop_at, tiny_bert_dir, sentime
     import senslora.training as training
 
     options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--method", method, *FAST]
-    options += ["--batch-size", "8", "--checkpoint-every", "3", "--log-every", "2"]
+    options += ["--batch-size", "8", "--save-steps", "3", "--log-every", "2"]
     if method == "lora":
         options += ["--gradient-accumulation-steps", "2", "--epochs", "2"]
     check = training._check_gradients
@@ -745,10 +751,11 @@ def test_interrupted_run_resumes_exactly(method, stop_at, tiny_bert_dir, sentime
 
 
 def check_kept_checkpoint(run_dir: Path, step: int) -> None:
-    last = run_dir / "checkpoints" / "last"
-    state = json.loads((last / "state.json").read_text())
+    last = run_dir / "checkpoints" / f"checkpoint-{step}"
+    assert last_checkpoint(run_dir) == last
+    state = json.loads((last / "senslora" / "state.json").read_text())
     assert state["global_step"] == step
-    weights = load_file(last / "trainable.safetensors")
+    weights = load_file(last / "senslora" / "trainable.safetensors")
     assert weights and all(torch.isfinite(t).all() for t in weights.values())
     optimizer = torch.load(last / "optimizer.pt", weights_only=True)
     assert optimizer["state"]
@@ -758,7 +765,7 @@ def check_kept_checkpoint(run_dir: Path, step: int) -> None:
 def test_huge_learning_rate_stops_with_exit_3(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
     run_dir = tmp_path / "run"
     args = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
-    code, _, err = run_cli([*args, "--learning-rate", "1e30", "--checkpoint-every", "1"], capsys)
+    code, _, err = run_cli([*args, "--learning-rate", "1e30", "--save-steps", "1"], capsys)
     assert code == 3, err
     lines = stderr_lines(err)
     assert len(lines) == 1 and "Traceback" not in err
@@ -798,7 +805,7 @@ def test_nan_gradient_names_step_and_parameter_and_run_resumes(
 
     run_dir = tmp_path / "run"
     args = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
-    args += ["--checkpoint-every", "1"]
+    args += ["--save-steps", "1"]
     with monkeypatch.context() as patch:
         inject_into_peft_model(patch, inject)
         code, _, err = run_cli(args, capsys)
@@ -1056,22 +1063,23 @@ class RunsCode:
 
 
 def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
-    from senslora.training import _load_checkpoint
+    """A checkpoint whose optimizer.pt would run code when unpickled is refused before the Trainer loads it."""
+    from senslora.engine import check_resumable
 
     model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.AdamW(model.parameters())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    last = tmp_path / "last"
-    last.mkdir()
-    save_file({n: p.detach().clone() for n, p in model.named_parameters()}, str(last / "trainable.safetensors"))
+    checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
+    (checkpoint / "senslora").mkdir(parents=True)
+    save_file(
+        {n: p.detach().clone() for n, p in model.named_parameters()},
+        str(checkpoint / "senslora" / "trainable.safetensors"),
+    )
+    state = {"global_step": 4, "history": [], "best_epoch": None, "best_metrics": {}, "train_seconds": 0.0}
+    (checkpoint / "senslora" / "state.json").write_text(json.dumps(state))
     marker = tmp_path / "code-ran"
-    torch.save({"state": RunsCode(str(marker)), "param_groups": []}, last / "optimizer.pt")
-    torch.save(scheduler.state_dict(), last / "scheduler.pt")
-    torch.save({"cpu": torch.get_rng_state()}, last / "rng.pt")
-    state = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "best_epoch": None, "best_metrics": {}}
-    (last / "state.json").write_text(json.dumps({**state, "train_seconds": 0.0}))
-    with pytest.raises(ValueError, match="cannot be restored"):
-        _load_checkpoint(last, model, optimizer, scheduler, adalora=False)
+    torch.save({"state": RunsCode(str(marker)), "param_groups": []}, checkpoint / "optimizer.pt")
+    torch.save({}, checkpoint / "scheduler.pt")
+    with pytest.raises(ValueError, match=r"cannot be restored \(optimizer.pt\)"):
+        check_resumable(tmp_path)
     assert not marker.exists()
 
 

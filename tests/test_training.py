@@ -1,4 +1,4 @@
-"""Training loop: schedule by hand, accumulation equals a larger batch, stock Trainer compatibility."""
+"""Training on transformers.Trainer: hand schedule, accumulation = larger batch, data order, early stopping."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from peft import get_peft_model
 
 from conftest import tiny_bert, token_batches
 from senslora import allocate_ranks, estimate_sensitivity, to_lora_config
-from senslora.training import TrainingConfig, learning_rate_factor, steps_per_epoch, train
+from senslora.engine import train, training_arguments
+from senslora.training import TrainingConfig, epoch_order, learning_rate_factor, steps_per_epoch
 
 
 def test_learning_rate_schedule_by_hand():
@@ -101,3 +102,105 @@ def test_stock_trainer_trains_our_peft_model(tmp_path):
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert moved and all(("lora_" in n or "classifier" in n) for n in moved)
     assert any("lora_B" in n for n in moved)
+
+
+def _train_with_log(tmp_path, evaluations=None, **overrides):
+    """Train the tiny BERT with log_every 1; returns (result, log records)."""
+    import json
+
+    torch.manual_seed(0)
+    model = _peft_bert()
+    scores = iter(evaluations or [])
+    config = TrainingConfig(epochs=1, learning_rate=1e-2, log_every=1, **overrides)
+    result = train(
+        model,
+        _examples(),
+        _collate,
+        lambda m: {"accuracy": next(scores, 0.0)},
+        config,
+        tmp_path,
+        main_metric="accuracy",
+        greater_is_better=True,
+        progress=False,
+    )
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    return result, records
+
+
+def test_trainer_follows_the_hand_schedule(tmp_path):
+    """32 examples, batch 4: 8 steps, warmup floor(0.25 x 8) = 2, then linear decay to 0 at step 8.
+    The learning rate each step used, as logged, written out by hand (no lr-0 first step)."""
+    _, records = _train_with_log(tmp_path, batch_size=4, warmup_ratio=0.25)
+    rates = [r["learning_rate"] for r in records if "loss" in r]
+    assert rates == pytest.approx([1e-2 * f for f in (0.5, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6)])
+
+
+def test_trainer_visits_examples_in_the_seeded_order(tmp_path):
+    """The first batches the model sees are the examples of a permutation drawn from seed * 100003 + epoch."""
+    seen = []
+    torch.manual_seed(0)
+    model = _peft_bert()
+    model.base_model.model.bert.embeddings.word_embeddings.register_forward_hook(
+        lambda module, inputs, output: seen.append(inputs[0].clone()) if module.training else None
+    )
+    examples = _examples()
+    config = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-2, seed=5)
+    train(
+        model,
+        examples,
+        _collate,
+        lambda m: {"accuracy": 0.0},
+        config,
+        tmp_path,
+        main_metric="accuracy",
+        greater_is_better=True,
+        progress=False,
+    )
+    for epoch in range(2):
+        order = torch.randperm(32, generator=torch.Generator().manual_seed(5 * 100_003 + epoch)).tolist()
+        for batch in range(4):
+            expected = torch.stack([examples[i]["input_ids"] for i in order[batch * 8 : (batch + 1) * 8]])
+            assert torch.equal(seen[epoch * 4 + batch], expected), (epoch, batch)
+    assert (
+        epoch_order(32, 5, 1) == torch.randperm(32, generator=torch.Generator().manual_seed(5 * 100_003 + 1)).tolist()
+    )
+
+
+def test_early_stopping_after_patience_evaluations_without_gain(tmp_path):
+    """Evaluated every step, accuracy 0.5 then 0.4, 0.3: patience 2 stops after step 3 of 8 and keeps step 1."""
+    result, records = _train_with_log(
+        tmp_path, evaluations=[0.5, 0.4, 0.3, 0.9], batch_size=4, eval_steps=1, early_stopping_patience=2
+    )
+    assert result.global_step == 3
+    assert [h["step"] for h in result.history] == [1, 2, 3]
+    assert result.best_step == 1 and result.best_metrics == {"accuracy": 0.5}
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_cadence_and_reporting_options_reach_training_arguments(tmp_path):
+    config = TrainingConfig(save_steps=7, eval_steps=5, report_to=["tensorboard"], max_grad_norm=None)
+    arguments = training_arguments(config, tmp_path, torch.device("cpu"))
+    assert (arguments.save_strategy, arguments.save_steps) == ("steps", 7)
+    assert (arguments.eval_strategy, arguments.eval_steps) == ("steps", 5)
+    assert arguments.report_to == ["tensorboard"] and arguments.max_grad_norm == 0.0
+    defaults = training_arguments(TrainingConfig(), tmp_path, torch.device("cpu"))
+    assert (defaults.save_strategy, defaults.eval_strategy) == ("epoch", "epoch")
+    assert defaults.report_to in ([], "none", ["none"]) and defaults.output_dir == str(tmp_path / "checkpoints")
+
+
+def test_shipped_accelerate_configs_parse():
+    """Every YAML under configs/accelerate loads as an Accelerate launch config of its declared type."""
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+    files = sorted(folder.glob("*.yaml"))
+    assert {f.name for f in files} >= {"ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"}
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    for path in files:
+        assert isinstance(yaml.safe_load(path.read_text()), dict), path
+        config = ClusterConfig.from_yaml_file(str(path))  # refuses keys Accelerate does not know
+        assert config.num_processes >= 1, path
+        assert str(config.distributed_type).split(".")[-1] in ("MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED"), path

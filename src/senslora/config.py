@@ -23,7 +23,7 @@ from senslora.io import read_text
 from senslora.methods import METHODS
 from senslora.peft_export import ALPHA_MODES
 from senslora.sensitivity import ESTIMATORS
-from senslora.training import PRECISIONS, SCHEDULERS, TrainingConfig
+from senslora.training import PRECISIONS, REPORTERS, SCHEDULERS, TrainingConfig
 
 MAX_INT = 2**31 - 1  # largest integer option: keeps seeds, counts and lengths inside every library's range
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
@@ -140,7 +140,12 @@ class RunConfig:
     max_steps: int | None = option(None, "stop after this many optimizer steps (none: all epochs)")
     mixed_precision: str = option("no", "autocast precision (bf16 on CPU/GPU, fp16 on CUDA)", choices=PRECISIONS)
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
-    checkpoint_every: int | None = option(None, "also checkpoint every N optimizer steps (none: each epoch)")
+    save_steps: int | None = option(None, "also checkpoint every N optimizer steps (none: at each epoch's end only)")
+    eval_steps: int | None = option(None, "evaluate every N optimizer steps (none: at each epoch's end)")
+    early_stopping_patience: int | None = option(
+        None, "stop after this many evaluations without a better main metric (none: never)"
+    )
+    report_to: list[str] = option(["none"], "send logs to these trackers (Trainer's report_to)", choices=REPORTERS)
     log_every: int = option(10, "log the training loss every N steps")
     max_generation_examples: int = option(32, "instruction tasks: validation examples scored by generation")
     max_new_tokens: int = option(64, "instruction tasks: tokens generated per example")

@@ -169,29 +169,6 @@ def gather_objects(obj: Any) -> list[Any]:
     return gathered
 
 
-def shard_size(num_items: int, world_size: int | None = None) -> int:
-    """Items each process takes from `shard_indices` of `num_items`: ceil(num_items / world_size)."""
-    size = _world_size() if world_size is None else world_size
-    return -(-num_items // size)
-
-
-def shard_indices(order: list[int], rank: int | None = None, world_size: int | None = None) -> list[int]:
-    """This process's share of an epoch's example order, the way DistributedSampler shares it.
-
-    The order is padded by wrapping around to a multiple of world_size, so every process gets
-    ceil(n / world_size) indices (and runs the same number of steps); process r takes positions
-    r, r + world_size, ... Batch k of every process together is batch k of one process with a
-    world_size times larger batch.
-    """
-    size = _world_size() if world_size is None else world_size
-    index = _rank() if rank is None else rank
-    if size == 1 or not order:
-        return list(order)
-    target = shard_size(len(order), size) * size
-    padded = (list(order) * -(-target // len(order)))[:target]
-    return padded[index::size]
-
-
 def local_device() -> torch.device:
     """The device of this process under torchrun: cuda:LOCAL_RANK when CUDA is there, else the CPU."""
     if torch.cuda.is_available():

@@ -4,7 +4,7 @@
 - `lora`: uniform rank r = avg_rank on the same target modules;
 - `adalora`: PEFT AdaLoRA, starting at init_r = ceil(1.5 * avg_rank) and pruned to target_r = avg_rank
   (PEFT's default ratio 12 -> 8); `update_and_allocate(step)` must be called after every optimizer step,
-  which `senslora.training` does;
+  which `senslora.engine` does (a Trainer callback);
 - `eva`: PEFT EVA, forward-only SVD of layer inputs at initialisation, ranks redistributed within the
   uniform budget (rho = 2 caps a module at twice the average).
 Budgets are equal in rank units; the trainable parameter count of each is reported exactly.

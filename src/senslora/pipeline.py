@@ -36,6 +36,7 @@ from senslora.distributed import (
     shard_batches,
     world_size,
 )
+from senslora.engine import STATE_FOLDER, check_resumable, checkpoints, train
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
@@ -45,7 +46,7 @@ from senslora.models import check_max_length, check_model_name, load_model_and_t
 from senslora.sensitivity import estimate_sensitivity
 from senslora.targets import find_target_layers, layer_shape
 from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
-from senslora.training import TrainingResult, read_checkpoint_state, total_training_steps, train
+from senslora.training import TrainingResult, total_training_steps
 
 FINISHED_MARKER = "metrics.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -342,18 +343,14 @@ def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
     """
     check_output_path(run_dir, "output directory", directory=True)
     finished = (run_dir / FINISHED_MARKER).exists()
-    checkpoint = run_dir / "checkpoints" / "last"
     if run_dir.is_dir():
-        recover_directory(checkpoint)
         recover_directory(run_dir / "adapter")
+        for checkpoint in checkpoints(run_dir):
+            recover_directory(checkpoint / STATE_FOLDER)
     if resume:
         if finished:
             raise ValueError(f"{run_dir} holds a finished run; nothing to resume (pass --overwrite to replace it)")
-        if not checkpoint.exists():
-            raise ValueError(
-                f"{run_dir} has no checkpoint to resume from (checkpoints/last); pass --overwrite to start again"
-            )
-        read_checkpoint_state(checkpoint)
+        check_resumable(run_dir)
         return
     if finished and not overwrite:
         raise ValueError(f"{run_dir} already holds a finished run; pass --overwrite to replace it")
@@ -520,6 +517,7 @@ def finetune(config: RunConfig) -> dict[str, Any]:
         "task": data.task,
         "main_metric": data.main_metric,
         "best_epoch": result.best_epoch,
+        "best_step": result.best_step,
         "validation": result.best_metrics,
         "history": result.history,
         "parameters": parameters.to_dict(),
