@@ -167,6 +167,18 @@ class Inputs:
             path = t / "latin1.csv"
             path.write_bytes(b"sentence,label\n\xff\xfe bad bytes,1\nok,0\n")
             return path
+        if name == "reviews_csv":  # the label under a name senslora does not guess
+            return self.write("reviews.csv", "review,stars\n" + "a warm and funny film,5\ntwo hours lost,1\n" * 10)
+        if name == "llama":  # a tiny Llama (rotary positions, max_position_embeddings 64) with its tokenizer
+            from conftest import tiny_decoder_tokenizer, tiny_llama
+
+            directory = t / "tiny-llama"
+            if not directory.exists():
+                tokenizer, model = tiny_decoder_tokenizer(), tiny_llama()
+                model.config.pad_token_id = tokenizer.pad_token_id
+                model.save_pretrained(directory)
+                tokenizer.save_pretrained(directory)
+            return directory
         if name == "textlabels_csv":
             return self.write("textlabels.csv", "sentence,label\n" + "a good film,positive\nbad,negative\n" * 10)
         if name.startswith("cfg_"):
@@ -284,6 +296,27 @@ CATALOGUE = [
         ["--max-length", "500"],
         "max_length 500 exceeds the 128 positions",
         "model",
+    ),
+    (
+        "max-length-beyond-rotary-positions",
+        "finetune",
+        ["--model", "{llama}", "--max-length", "100"],
+        "max_length 100 exceeds the 64 positions",
+        "model",
+    ),
+    (
+        "encoder-without-label-column",
+        "finetune",
+        ["--data", "{reviews_csv}", "--text-column", "review"],
+        "no label column: pass --label-column (available columns: review, stars)",
+        "early",
+    ),
+    (
+        "causal-lm-on-encoder",
+        "finetune",
+        ["--data", "{reviews_csv}", "--text-column", "review", "--task", "causal_lm"],
+        "task causal_lm needs a decoder",
+        "early",
     ),
     # data
     ("data-missing", "finetune", ["--data", "/nonexistent/train.csv"], "does not exist", "early"),
@@ -561,7 +594,7 @@ def test_bad_input_is_one_line_and_exit_2(
     assert len(lines) == 1, err
     assert expected in lines[0] and "Traceback" not in err
     assert not model_loads and not tokenizations
-    assert not (tmp_path / "out" / "metrics.json").exists()
+    assert not (tmp_path / "out").exists()  # no run directory is left behind
 
 
 def test_catalogue_document_lists_every_tested_input():

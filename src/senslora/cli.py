@@ -82,6 +82,15 @@ def _optional(parse):
     return parse_optional
 
 
+def shown_default(value: Any) -> str:
+    """A default as it would be typed on the command line: none, a space-separated list, the value."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return " ".join(str(item) for item in value)
+    return str(value)
+
+
 def _add_field(parser: argparse.ArgumentParser, name: str) -> None:
     from senslora.config import RunConfig, base_type, field_types
 
@@ -89,8 +98,10 @@ def _add_field(parser: argparse.ArgumentParser, name: str) -> None:
     scalar, optional, is_list = base_type(field_types()[name])
     flag = "--" + name.replace("_", "-")
     kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-    shown = item.default_factory() if callable(item.default_factory) else item.default
-    help_text = f"{item.metadata['help']} (default: {shown})"
+    default = item.default_factory() if callable(item.default_factory) else item.default
+    help_text = item.metadata["help"]
+    if "default" not in help_text:  # a help text that describes its own default keeps that description
+        help_text += f" (default: {shown_default(default)})"
     if scalar is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
         return

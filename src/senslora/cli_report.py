@@ -41,7 +41,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
         "--avg-rank",
         type=float,
         default=DEFAULT_AVG_RANK,
-        help=f"average rank when ranks are computed from sensitivity.json alone (default {DEFAULT_AVG_RANK:g})",
+        help=f"average rank when ranks are computed from sensitivity.json alone (default: {DEFAULT_AVG_RANK:g})",
     )
     report.add_argument("--overwrite", action="store_true", help="replace report files already there")
     report.set_defaults(handler=run_report)
@@ -55,7 +55,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     compare.add_argument("second", metavar="B", help="ranks.json or run directory")
     compare.add_argument("--plot", default=None, metavar="PATH", help="also write a PNG of rank in A against B")
     compare.add_argument(
-        "--top", type=_non_negative_int, default=DEFAULT_TOP, help=f"largest changes to list (default {DEFAULT_TOP})"
+        "--top", type=_non_negative_int, default=DEFAULT_TOP, help=f"largest changes to list (default: {DEFAULT_TOP})"
     )
     compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
     compare.add_argument("--overwrite", action="store_true", help="replace the --plot file if it exists")

@@ -250,7 +250,9 @@ class TaskData:
         num_labels: K for classification, 1 for regression.
         metric_names, main_metric, greater_is_better: what evaluation reports and what picks the best
             checkpoint.
-        description: JSON-able record of source, sizes, columns, seed and label distribution.
+        description: JSON-able record of source, sizes, columns, seed and label distribution; also
+            `task_origin` ("given", "preset", or "columns" when inferred from them) and
+            `available_columns` (every column of the train table).
     """
 
     task: str
@@ -971,11 +973,14 @@ def load_task_data(spec: DataSpec) -> TaskData:
 
     metric_names, main_metric = _metrics_of(task, preset)
     label_column = "label" if columns.label else None
+    task_origin = "given" if spec.task else "preset" if preset is not None and preset.task else "columns"
     description: dict[str, Any] = {
         "source": spec.source,
         "kind": source.kind,
         "location": source.location,
         "task": task,
+        "task_origin": task_origin,
+        "available_columns": [str(c) for c in source.train.columns],
         "columns": {**asdict(columns), "label": label_column, "source_label": columns.label},
         "train_examples": len(train),
         "validation_examples": len(validation),

@@ -99,22 +99,90 @@ def check_model_name(name_or_path: str) -> None:
         raise ValueError(f"model path {name_or_path!r} does not exist")
 
 
+# Config attributes holding the number of positions a model was built (or trained) for: Llama, BERT and most
+# others use max_position_embeddings, GPT-2 n_positions, a few older ones n_ctx or max_sequence_length.
+POSITION_LIMIT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
+
+
 def position_limit(model: torch.nn.Module) -> int | None:
-    """The longest input a model with learned absolute position embeddings accepts (None: no fixed limit)."""
+    """The longest input a model accepts (None: no fixed limit known).
+
+    A learned absolute position table (BERT `position_embeddings`, GPT-2 `wpe`) gives its size, less the
+    positions RoBERTa-style models skip (padding index + 1). Models with rotary or other computed positions
+    (Llama, SmolLM2) have no such table: their config's max_position_embeddings (or n_positions, ...) is
+    the length they were trained for.
+    """
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Embedding) and name.rsplit(".", 1)[-1] in ("position_embeddings", "wpe"):
             offset = 0
             if module.padding_idx is not None:  # RoBERTa-style positions start after the padding index
                 offset = module.padding_idx + 1
             return module.num_embeddings - offset
+    return config_position_limit(getattr(model, "config", None))
+
+
+def config_position_limit(config: Any) -> int | None:
+    """The first positive integer among a config's POSITION_LIMIT_ATTRIBUTES (None: none set)."""
+    for attribute in POSITION_LIMIT_ATTRIBUTES:
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
     return None
 
 
 def check_max_length(model: torch.nn.Module, max_length: int) -> None:
-    """Raise ValueError if `max_length` exceeds the model's position embeddings."""
+    """Raise ValueError if `max_length` exceeds the positions the model can read (`position_limit`)."""
     limit = position_limit(model)
     if limit is not None and max_length > limit:
         raise ValueError(f"max_length {max_length} exceeds the {limit} positions this model can read; use <= {limit}")
+
+
+def read_model_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any | None:
+    """The model's configuration from its config.json alone (no weights), or None if it cannot be read.
+
+    None for `smollm2` (its config comes out of the GGUF conversion; it is a decoder) and for anything
+    AutoConfig cannot read: the model loader then reports the problem with its full context.
+    """
+    if name_or_path == "smollm2":
+        return None
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(resolve_model(name_or_path), trust_remote_code=trust_remote_code)
+    except Exception:  # missing package, foreign or damaged files, offline hub: the loader says which
+        return None
+
+
+def is_bidirectional_encoder(config: Any) -> bool:
+    """True if a model of this configuration cannot be trained as a causal language model.
+
+    That is an architecture `transformers` has no causal-LM head for (DistilBERT, DeBERTa, MPNet, ...), or a
+    masked-LM encoder (BERT, RoBERTa, ELECTRA, ...) not configured as a decoder (`is_decoder` false): its
+    causal-LM class would attend to the very tokens it predicts. Unknown model types and configs whose own
+    code provides a causal LM (`auto_map`) count as decoders: the loader decides.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in CONFIG_MAPPING_NAMES or "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {}):
+        return False
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return True
+    decoder = getattr(config, "is_decoder", False) or getattr(config, "is_encoder_decoder", False)
+    return model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not decoder
+
+
+def encoder_model_type(name_or_path: str, *, trust_remote_code: bool = False) -> str | None:
+    """The model type (e.g. "bert") of a model that is a bidirectional encoder, else None (a decoder, or
+    unknown before loading); reads config.json only."""
+    config = read_model_config(name_or_path, trust_remote_code=trust_remote_code)
+    if config is None or not is_bidirectional_encoder(config):
+        return None
+    return str(config.model_type)
 
 
 def resolve_model(name_or_path: str) -> str:

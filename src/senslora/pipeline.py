@@ -6,8 +6,10 @@
 A run directory is finished when `metrics.json` exists; it is never replaced without `overwrite`, and an
 unfinished one continues with `resume` (only with the options it was started with). Bad input is caught
 before the expensive steps: options, the run directory and a ranks file before any loading; the data
-before the model; whether the ranks (or an adapter) fit the model right after loading it, before
-tokenization, sensitivity or training.
+before the model; whether the task suits the model (from its config.json) before loading weights; whether
+the ranks (or an adapter) fit the model right after loading it, before tokenization, sensitivity or
+training. The run directory is created only after tokenization; a run that fails before writing anything
+but its configuration removes it again, so the corrected command starts afresh.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
 from senslora.methods import build_peft_model, count_parameters
 from senslora.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
-from senslora.models import check_max_length, check_model_name, load_model_and_tokenizer
+from senslora.models import (
+    GENERATIVE_TASKS,
+    check_max_length,
+    check_model_name,
+    encoder_model_type,
+    load_model_and_tokenizer,
+)
 from senslora.sensitivity import estimate_sensitivity
 from senslora.targets import find_target_layers, layer_shape
 from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
@@ -141,9 +149,9 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
     Args:
         data: the run's data if already loaded (by `load_data`).
     Raises:
-        ValueError: an unavailable device, a missing model path, bad data, a model that cannot be
-            loaded, a max_length beyond the model's position embeddings, or target modules the
-            model lacks.
+        ValueError: an unavailable device, a missing model path, bad data, a generative task for an
+            encoder, a model that cannot be loaded, a max_length beyond the positions the model can
+            read, or target modules the model lacks.
     """
     device = resolve_device(config.device)
     if is_distributed() and device.type == "cuda" and device.index is None:
@@ -151,6 +159,7 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
     check_model_name(config.model)
     if data is None:
         data = load_task_data(data_spec(config))
+    check_task_fits_model(config, data)
     torch.manual_seed(config.seed)
     with main_process_first():  # a model converted into the cache is converted once
         model, tokenizer = load_model_and_tokenizer(
@@ -160,6 +169,32 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
     if config.targets is not None and not (config.method == "senslora" and config.ranks):
         find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
     return Prepared(data, model.to(device), tokenizer, device)
+
+
+def check_task_fits_model(config: RunConfig, data: TaskData) -> None:
+    """Refuse a causal_lm or instruction task for an encoder, reading only the model's config.json.
+
+    Text without a label column is inferred to be causal_lm; on an encoder (MiniLM, BERT, ...) that is
+    almost always a label column under another name, so the message asks for it and lists the columns.
+
+    Raises:
+        ValueError: the task needs a causal language-model head the model cannot have.
+    """
+    if data.task not in GENERATIVE_TASKS:
+        return
+    encoder = encoder_model_type(config.model, trust_remote_code=config.trust_remote_code)
+    if encoder is None:
+        return
+    if data.task == "causal_lm" and data.description.get("task_origin") == "columns":
+        columns = ", ".join(data.description.get("available_columns", []))
+        raise ValueError(
+            f"no label column: pass --label-column (available columns: {columns}); without labels the task "
+            f"would be causal_lm, which model {config.model!r} cannot learn (an encoder, {encoder})"
+        )
+    raise ValueError(
+        f"task {data.task} needs a decoder with a causal language-model head; model {config.model!r} is an "
+        f"encoder ({encoder}): choose a decoder (e.g. smollm2) or a classification/regression task"
+    )
 
 
 def load_calibration_data(config: RunConfig, data: TaskData) -> datasets.Dataset:
@@ -403,13 +438,65 @@ def sidecar(
     return document
 
 
+@dataclass
+class NewRunDirectory:
+    """The run directory a run creates, removed again if the run fails before writing any result.
+
+    Only a directory holding nothing but config.json (and an empty log.jsonl) is removed: one with
+    sensitivity.json, ranks.json, a checkpoint, an adapter or log lines is kept for --resume or a look.
+    A directory that existed (empty) before the run is kept; only what the run wrote goes.
+    """
+
+    path: Path | None = None
+    existed: bool = False
+
+    def create(self, path: Path, *, resumed: bool) -> None:
+        """Make `path` (and its parents); a resumed run's directory is never removed."""
+        existed = path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+        if not resumed:
+            self.path, self.existed = path, existed
+
+    def remove_if_unstarted(self) -> None:
+        if self.path is None or not holds_only_configuration(self.path):
+            return
+        for entry in self.path.iterdir():
+            entry.unlink()
+        if not self.existed:
+            self.path.rmdir()
+
+
+def holds_only_configuration(run_dir: Path) -> bool:
+    """True if `run_dir` holds config.json and at most an empty log.jsonl, nothing else."""
+    if not run_dir.is_dir():
+        return False
+    entries = {entry.name: entry for entry in run_dir.iterdir()}
+    if not set(entries) <= {"config.json", "log.jsonl"}:
+        return False
+    log = entries.get("log.jsonl")
+    return all(entry.is_file() for entry in entries.values()) and (log is None or log.stat().st_size == 0)
+
+
 def finetune(config: RunConfig) -> dict[str, Any]:
     """Run the whole job; returns the content of metrics.json.
+
+    A failure (of any kind, Ctrl-C included) before anything but the configuration was written removes
+    the run directory again (`NewRunDirectory`), so that the corrected command needs no --overwrite.
 
     Raises:
         ValueError: bad input of any kind, found before the expensive step it would spoil.
         TrainingDivergedError: NaN/inf loss or gradients (the last good checkpoint is kept).
     """
+    new_run_dir = NewRunDirectory()
+    try:
+        return _finetune(config, new_run_dir)
+    except BaseException:
+        new_run_dir.remove_if_unstarted()
+        raise
+
+
+def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]:
+    """The body of `finetune`; records the run directory it creates in `new_run_dir`."""
     config.validate()
     main = is_main_process()
     if not main:
@@ -434,17 +521,17 @@ def finetune(config: RunConfig) -> dict[str, Any]:
     prepared = prepare(config, data)
     if allocation is not None and config.method == "senslora":
         check_allocation_fits(prepared.model, allocation, ranks_source)
-    barrier()  # every process has checked the run directory before the main process changes it
-    if main:
-        if config.overwrite and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "config.json", config.to_dict())
-    barrier()
     data, tokenizer = prepared.data, prepared.tokenizer
     train_set = tokenize_dataset(data.train, tokenizer, data, max_length=config.max_length)
     validation_set = tokenize_dataset(data.validation, tokenizer, data, max_length=config.max_length)
     collator = make_collator(tokenizer, data.task)
+    barrier()  # every process has checked the run directory before the main process changes it
+    if main:
+        if config.overwrite and run_dir.exists():
+            shutil.rmtree(run_dir)
+        new_run_dir.create(run_dir, resumed=config.resume)
+        atomic_write_json(run_dir / "config.json", config.to_dict())
+    barrier()
 
     batches = None
     if config.method == "senslora" and allocation is None:
