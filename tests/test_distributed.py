@@ -166,7 +166,7 @@ WORKER = textwrap.dedent(
             "fisher": fisher_diagonals(model, layers, shard_batches(batches), progress=False),
             "hutchinson": hutchinson_diagonals(
                 model, layers, shard_batches(batches), num_probes=NUM_PROBES, seed=SEED, progress=False
-            )[0],
+            ),
             # One batch for two processes: rank 1 has an empty shard and must still join the reductions.
             "activation_one_batch": activation_diagonals(model, layers, shard_batches(batches[:1]), progress=False),
             "fisher_one_batch": fisher_diagonals(model, layers, shard_batches(batches[:1]), progress=False),
