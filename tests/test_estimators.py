@@ -78,6 +78,21 @@ def test_activation_equals_hand_computation():
     torch.testing.assert_close(diagonals["second"], 2 * second_sum / count)
 
 
+def test_activation_sums_a_float64_model_in_float64():
+    """Inputs 1e8 + k: float32 holds no integer above 2^24 exactly, so every channel would read 1e8 there."""
+    model = ToyNet()
+    offsets = torch.arange(2 * 3 * 5, dtype=torch.float64).reshape(2, 3, 5) % 7  # 0..6 per entry
+    inputs = 1e8 + offsets
+    batch = {"inputs": inputs, "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    diagonals = activation_diagonals(model, find_target_layers(model), [batch], progress=False)
+    # h_j = (2/N) * sum_n (1e8 + k_n)^2 = (2/N) * sum_n (1e16 + 2e8 * k_n + k_n^2), N = 6 tokens
+    rows = offsets.reshape(-1, 5)
+    expected = (2 / 6) * (6 * 1e16 + 2e8 * rows.sum(0) + (rows**2).sum(0))
+    assert diagonals["first"].dtype == torch.float64
+    torch.testing.assert_close(diagonals["first"], expected, rtol=1e-15, atol=0)
+    assert len(set(diagonals["first"].tolist())) == len(set(expected.tolist())) > 1  # channels stay apart
+
+
 def _exact_hessian(model: nn.Module, weight_names: list[str], batch) -> torch.Tensor:
     """Full Hessian of the batch loss w.r.t. the named weights, flattened in that order, by torch.func.hessian."""
     fixed = {k: v.detach() for k, v in model.named_parameters()}
