@@ -10,7 +10,8 @@ so two scaling rules exist for unequal ranks:
       alpha(w) = lora_alpha * sqrt(r(w) / avg_rank)        (rsLoRA)
 - alpha_mode="fixed": alpha(w) = lora_alpha for every module (PEFT's plain `rank_pattern` behaviour),
   so modules with larger rank get a smaller scale: lora_alpha / r(w), or lora_alpha / sqrt(r(w)) with
-  rsLoRA."""
+  rsLoRA.
+"""
 
 from __future__ import annotations
 

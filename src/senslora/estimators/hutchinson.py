@@ -6,8 +6,8 @@ Per batch: one forward, one backward with `create_graph=True`, then one extra ba
 (H z = d(g . z)/dw). The estimate is averaged over all probes and batches and returned unclamped, so
 that its sum stays an unbiased estimate of trace(H_w). Entries of the average can be negative (a
 non-convex loss, or probe noise); `ModuleSensitivity.from_diagonal` sums them unclamped for the trace
-and clamps them at 0 only for the local metrics. Scaled-dot-product attention runs on its math kernel here, since
-the fused kernels have no double backward. In a distributed run process p seeds its probes with
+and clamps them at 0 only for the local metrics. Scaled-dot-product attention runs on its math kernel
+here, since the fused kernels have no double backward. In a distributed run process p seeds its probes with
 `seed + p * PROBE_SEED_STRIDE` (senslora.distributed.process_seed), so processes draw independent probes.
 """
 
