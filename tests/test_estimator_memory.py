@@ -19,7 +19,7 @@ def run(estimator: str, model, batches):
     layers = find_target_layers(model)
     if estimator == "fisher":
         return fisher_diagonals(model, layers, batches, progress=False)
-    return hutchinson_diagonals(model, layers, batches, num_probes=2, seed=3, progress=False)[0]
+    return hutchinson_diagonals(model, layers, batches, num_probes=2, seed=3, progress=False)
 
 
 @pytest.mark.parametrize("estimator", ["fisher", "hutchinson"])
@@ -54,5 +54,9 @@ def test_bfloat16_model_accumulates_in_full_precision(estimator):
     for name, expected in reference.items():
         assert estimate[name].dtype == wanted, name
         assert torch.isfinite(estimate[name]).all(), name
-        # bfloat16 keeps 8 bits of mantissa: the module totals agree to a few percent
-        assert float(estimate[name].double().sum()) == pytest.approx(float(expected.double().sum()), rel=0.05), name
+        # bfloat16 keeps 8 bits of mantissa: the module totals agree to a few percent of the entries' size
+        # (hutchinson's entries have both signs, so its total can be much smaller than that size)
+        size = float(expected.double().abs().sum())
+        assert float(estimate[name].double().sum()) == pytest.approx(float(expected.double().sum()), abs=0.05 * size), (
+            name
+        )

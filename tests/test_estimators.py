@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,6 +13,15 @@ from torch.func import functional_call, hessian
 from conftest import tiny_bert, tiny_gpt2, tiny_llama, token_batches
 from senslora import estimate_sensitivity, find_target_layers
 from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+
+
+@pytest.fixture
+def one_thread():
+    """Toy nets run thousands of tiny backward passes: one thread avoids the threads' hand-off cost."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 class ToyNet(nn.Module):
@@ -68,22 +78,41 @@ def test_activation_equals_hand_computation():
     torch.testing.assert_close(diagonals["second"], 2 * second_sum / count)
 
 
-def _exact_hessians(model: ToyNet, batches) -> list[torch.Tensor]:
-    """Full Hessian of each batch's loss w.r.t. both weights (flattened, 32 x 32), by torch.func.hessian."""
+def test_activation_sums_a_float64_model_in_float64():
+    """Inputs 1e8 + k: float32 holds no integer above 2^24 exactly, so every channel would read 1e8 there."""
+    model = ToyNet()
+    offsets = torch.arange(2 * 3 * 5, dtype=torch.float64).reshape(2, 3, 5) % 7  # 0..6 per entry
+    inputs = 1e8 + offsets
+    batch = {"inputs": inputs, "attention_mask": torch.ones(2, 3, dtype=torch.long)}
+    diagonals = activation_diagonals(model, find_target_layers(model), [batch], progress=False)
+    # h_j = (2/N) * sum_n (1e8 + k_n)^2 = (2/N) * sum_n (1e16 + 2e8 * k_n + k_n^2), N = 6 tokens
+    rows = offsets.reshape(-1, 5)
+    expected = (2 / 6) * (6 * 1e16 + 2e8 * rows.sum(0) + (rows**2).sum(0))
+    assert diagonals["first"].dtype == torch.float64
+    torch.testing.assert_close(diagonals["first"], expected, rtol=1e-15, atol=0)
+    assert len(set(diagonals["first"].tolist())) == len(set(expected.tolist())) > 1  # channels stay apart
+
+
+def _exact_hessian(model: nn.Module, weight_names: list[str], batch) -> torch.Tensor:
+    """Full Hessian of the batch loss w.r.t. the named weights, flattened in that order, by torch.func.hessian."""
     fixed = {k: v.detach() for k, v in model.named_parameters()}
-    shapes = [fixed["first.weight"].shape, fixed["second.weight"].shape]
-    sizes = [s.numel() for s in shapes]
+    shapes = [fixed[name].shape for name in weight_names]
+    sizes = [shape.numel() for shape in shapes]
 
-    def loss_of(flat, b):
-        first, second = flat.split(sizes)
-        weights = {"first.weight": first.reshape(shapes[0]), "second.weight": second.reshape(shapes[1])}
-        return functional_call(model, {**fixed, **weights}, kwargs=b).loss
+    def loss_of(flat):
+        parts = flat.split(sizes)
+        weights = {name: part.reshape(shape) for name, part, shape in zip(weight_names, parts, shapes, strict=True)}
+        return functional_call(model, {**fixed, **weights}, kwargs=batch).loss
 
-    flat = torch.cat([fixed["first.weight"].reshape(-1), fixed["second.weight"].reshape(-1)])
-    return [hessian(loss_of)(flat, b) for b in batches]
+    return hessian(loss_of)(torch.cat([fixed[name].reshape(-1) for name in weight_names]))
 
 
-def test_hutchinson_converges_to_exact_hessian_diagonal():
+def _exact_hessians(model: ToyNet, batches) -> list[torch.Tensor]:
+    """Full Hessian of each batch's loss w.r.t. both weights (flattened, 32 x 32)."""
+    return [_exact_hessian(model, ["first.weight", "second.weight"], b) for b in batches]
+
+
+def test_hutchinson_converges_to_exact_hessian_diagonal(one_thread):
     """Within 5 standard errors of diag(H), the standard error following from the exact off-diagonals."""
     model, batches = ToyNet(), toy_batches(count=2)
     layers = find_target_layers(model)
@@ -93,16 +122,91 @@ def test_hutchinson_converges_to_exact_hessian_diagonal():
     # Var of z_i (Hz)_i is sum_{j != i} H_ij^2; probes are independent across batches.
     off_diagonal = torch.stack([(h**2).sum(1) - h.diagonal() ** 2 for h in hessians]).sum(0)
     standard_error = (off_diagonal / (len(batches) ** 2 * num_probes)).sqrt()
-    estimate, clamped = hutchinson_diagonals(model, layers, batches, num_probes=num_probes, seed=0, progress=False)
+    estimate = hutchinson_diagonals(model, layers, batches, num_probes=num_probes, seed=0, progress=False)
     flat_estimate = torch.cat([estimate["first"], estimate["second"]])
-    assert ((flat_estimate - exact.clamp_min(0)).abs() <= 5 * standard_error + 1e-12).all()
+    assert ((flat_estimate - exact).abs() <= 5 * standard_error + 1e-12).all()
     assert standard_error.max() < 0.06 * exact.abs().max()  # the check has teeth
-    clear = exact > 3 * standard_error  # away from the clamp at 0: the z-scores are close to standard normal
-    z = (flat_estimate - exact)[clear] / standard_error[clear]
-    assert clear.sum() >= 10 and (z**2).mean() < 3.0
-    assert all(0.0 <= clamped[name] <= 1.0 for name in clamped)
-    again, _ = hutchinson_diagonals(model, layers, batches, num_probes=num_probes, seed=0, progress=False)
+    varying = standard_error > 0  # entries with no off-diagonal coupling are exact
+    z = (flat_estimate - exact)[varying] / standard_error[varying]
+    assert varying.sum() >= 10 and (z**2).mean() < 3.0  # unclamped entries: z-scores close to standard normal
+    again = hutchinson_diagonals(model, layers, batches, num_probes=num_probes, seed=0, progress=False)
     torch.testing.assert_close(again["first"], estimate["first"])  # seeded probes: reproducible
+
+
+class PooledReluNet(nn.Module):
+    """Linear 8->6->6->3 with ReLU, logits mean-pooled over the sequence, cross-entropy over 3 classes."""
+
+    def __init__(self, seed: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.first = nn.Linear(8, 6)
+        self.second = nn.Linear(6, 6)
+        self.third = nn.Linear(6, 3)
+        self.to(torch.float64)
+
+    def forward(self, inputs, labels):
+        hidden = torch.relu(self.second(torch.relu(self.first(inputs))))
+        logits = self.third(hidden).mean(1)
+        return SimpleNamespace(loss=nn.functional.cross_entropy(logits, labels))
+
+
+def pooled_batch(seed: int = 5) -> dict[str, torch.Tensor]:
+    """One batch of 4 sequences of 5 tokens with 8 features, and a class per sequence."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(4, 5, 8, generator=generator, dtype=torch.float64)
+    return {"inputs": inputs, "labels": torch.randint(0, 3, (4,), generator=generator)}
+
+
+def test_hutchinson_trace_is_unbiased(one_thread):
+    """The first layer's trace, averaged over independent runs, is within 4 standard errors of the exact trace.
+
+    One run's estimate sum_i z_i (Hz)_i over the first layer's entries A has, per Rademacher probe, the
+    variance 2 * sum_{i != j in A} H_ij^2 + sum_{i in A, j not in A} H_ij^2 (z spans all three layers).
+    Averaging 50 runs of 40 probes keeps that standard error but exposes a bias of each run: clamping the
+    negative entries before summing (the old rule) lands over 10 standard errors too high.
+    """
+    model, batch = PooledReluNet(), pooled_batch()
+    layers = find_target_layers(model)
+    assert [t.name for t in layers] == ["first", "second", "third"]
+    hessian_matrix = _exact_hessian(model, [f"{t.name}.weight" for t in layers], batch)
+    first = model.first.weight.numel()
+    block = hessian_matrix[:first, :first]
+    exact_trace = block.diagonal().sum()
+    per_probe_variance = (
+        2 * ((block**2).sum() - (block.diagonal() ** 2).sum()) + (hessian_matrix[:first, first:] ** 2).sum()
+    )
+    runs, num_probes = 50, 40
+    standard_error = (per_probe_variance / (runs * num_probes)).sqrt()
+    assert standard_error < exact_trace / 4  # the check has teeth: a trace off by half of itself fails
+    traces = [
+        hutchinson_diagonals(model, layers, [batch], num_probes=num_probes, seed=seed, progress=False)["first"].sum()
+        for seed in range(runs)
+    ]
+    mean_trace = torch.stack(traces).mean()
+    assert abs(mean_trace - exact_trace) <= 4 * standard_error, (float(mean_trace), float(exact_trace))
+
+
+def test_hutchinson_local_metrics_use_clamped_entries():
+    """Trace: the unclamped sum (0 if negative); top-k and effective rank: the entries clamped at 0 (numpy)."""
+    model, batch = PooledReluNet(), pooled_batch()
+    layers = find_target_layers(model)
+    raw = hutchinson_diagonals(model, layers, [batch], num_probes=1, seed=7, progress=False)
+    reported = estimate_sensitivity(model, [batch], estimator="hutchinson", num_probes=1, seed=7, progress=False)
+    negative_totals = 0
+    for name, diagonal in raw.items():
+        values = diagonal.double().numpy()
+        clamped = np.sort(np.clip(values, 0.0, None))[::-1]
+        k = max(1, int(values.size * 0.5))
+        shares = np.cumsum(clamped) / clamped.sum()
+        item = reported[name]
+        assert item.trace == pytest.approx(max(0.0, values.sum()))
+        assert item.topk == pytest.approx(clamped[:k].mean())
+        assert item.effective_rank == int(np.flatnonzero(shares >= 0.85 - 1e-12)[0]) + 1
+        assert item.clamped_fraction == pytest.approx(np.mean(values < 0))
+        assert item.num_entries == values.size
+        negative_totals += values.sum() < 0
+    assert min(item.clamped_fraction for item in reported.values()) > 0  # one probe: many negative entries
+    assert negative_totals >= 1  # and at least one module total below 0, reported as trace 0
 
 
 def _explicit_squared_gradients(model: ToyNet, pieces):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -82,10 +83,35 @@ def test_effective_rank_is_the_smallest_count(values, alpha):
         assert sum(ordered[: k - 1]) < alpha * total * (1 + 1e-9)
 
 
+@pytest.mark.parametrize(
+    ("values", "trace", "topk", "effective_rank", "clamped"),
+    [
+        # sum 2.0; clamped and sorted 3, 0.5, 0, 0: top-2 mean 1.75, 3 / 3.5 = 0.857 >= 0.85 at k = 1
+        ([-1.0, 3.0, 0.5, -0.5], 2.0, 1.75, 1, 0.5),
+        # sum -1.0 is clamped to 0; clamped entries 1, 0: top-1 mean 1.0, effective rank 1
+        ([-2.0, 1.0], 0.0, 1.0, 1, 0.5),
+        # nothing positive: every metric is 0
+        ([-1.0, -3.0], 0.0, 0.0, 0, 1.0),
+        # sum 1.5 (not 2.5 as with clamped entries); clamped 1, 1, 0.5, 0: (1 + 1) / 2.5 = 0.8 < 0.85 at k = 2
+        ([1.0, 1.0, 0.5, -1.0], 1.5, 1.0, 3, 0.25),
+    ],
+)
+def test_negative_entries_count_in_the_trace_but_not_in_the_local_metrics(values, trace, topk, effective_rank, clamped):
+    item = ModuleSensitivity.from_diagonal("m", values, d_in=len(values), d_out=1)
+    assert item.trace == pytest.approx(trace)
+    assert item.topk == pytest.approx(topk)
+    assert item.effective_rank == effective_rank
+    assert item.clamped_fraction == pytest.approx(clamped)
+    assert trace_metric(values) == pytest.approx(trace)
+    assert topk_metric(values) == pytest.approx(topk)
+    assert effective_rank_metric(values) == effective_rank
+
+
 def test_module_sensitivity_json_round_trip():
     diagonal = np.array([0.5, 2.0, 1.0, 0.25])
-    item = ModuleSensitivity.from_diagonal("a.b", diagonal, d_in=4, d_out=3, clamped_fraction=0.25)
+    item = ModuleSensitivity.from_diagonal("a.b", diagonal, d_in=4, d_out=3)
     assert (item.trace, item.topk, item.effective_rank, item.num_entries) == (3.75, 1.5, 3, 4)
+    assert item.clamped_fraction == 0.0
     text = sensitivities_to_json({"a.b": item}, {"estimator": "activation"})
     loaded, metadata = sensitivities_from_json(text)
     assert loaded == {"a.b": item}
@@ -101,14 +127,27 @@ def test_sensitivity_file_rejects_other_formats():
 
 
 @given(
-    st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=1, max_size=40),
+    st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=40),
     st.floats(0.05, 1.0),
     st.floats(0.05, 1.0),
 )
-def test_from_diagonal_agrees_with_each_metric(values, fraction, alpha):
+def test_from_diagonal_against_plain_python(values, fraction, alpha):
+    """Each metric recomputed from its definition with plain Python lists (no code shared with senslora)."""
     item = ModuleSensitivity.from_diagonal(
         "m", values, d_in=len(values), d_out=1, topk_fraction=fraction, energy_threshold=alpha
     )
-    assert item.trace == pytest.approx(trace_metric(values))
-    assert item.topk == pytest.approx(topk_metric(values, fraction))
-    assert item.effective_rank == effective_rank_metric(values, alpha)
+    clamped = sorted((max(0.0, v) for v in values), reverse=True)
+    k = max(1, int(len(values) * fraction))
+    assert item.trace == pytest.approx(max(0.0, math.fsum(values)), rel=1e-9, abs=1e-6)
+    assert item.topk == pytest.approx(math.fsum(clamped[:k]) / k)
+    assert item.clamped_fraction == sum(v < 0 for v in values) / len(values)
+    assert item.num_entries == len(values)
+    total = math.fsum(clamped)
+    if total == 0:
+        assert item.effective_rank == 0
+        return
+    reached = [math.fsum(clamped[: j + 1]) >= alpha * total for j in range(len(clamped))]
+    first = reached.index(True) + 1
+    # the implementation allows 1e-12 of slack at exact ratios: it may stop earlier within it, never later
+    assert 1 <= item.effective_rank <= first
+    assert math.fsum(clamped[: item.effective_rank]) >= alpha * total * (1 - 1e-9)

@@ -48,6 +48,22 @@ def test_ranks_and_scales_read_back(allocation):
     assert trainable == allocation.param_count
 
 
+@pytest.mark.parametrize(
+    ("alpha_mode", "use_rslora", "expected"),
+    [
+        ("scale", True, {1: 8 / 4**0.5, 7: 8 / 4**0.5}),  # uniform rsLoRA at the average rank 4: alpha/sqrt(4)
+        ("fixed", True, {1: 8 / 1**0.5, 7: 8 / 7**0.5}),  # alpha kept: rsLoRA's alpha/sqrt(r) per module
+        ("scale", False, {1: 8 / 4, 7: 8 / 4}),  # uniform LoRA at the average rank 4: alpha/4
+        ("fixed", False, {1: 8 / 1, 7: 8 / 7}),
+    ],
+)
+def test_scales_peft_reports_with_and_without_rslora(alpha_mode, use_rslora, expected):
+    ranks = {"bert.encoder.layer.0.attention.self.query": 1, "bert.encoder.layer.1.attention.self.query": 7}
+    config = to_lora_config(ranks, lora_alpha=8, alpha_mode=alpha_mode, use_rslora=use_rslora)
+    scalings = lora_scalings(get_peft_model(tiny_bert(), config))
+    assert scalings == {name: pytest.approx(expected[rank]) for name, rank in ranks.items()}
+
+
 def test_rank_zero_modules_are_left_out():
     ranks = {"bert.encoder.layer.0.attention.self.query": 3, "bert.encoder.layer.1.attention.self.query": 0}
     model = get_peft_model(tiny_bert(), to_lora_config(ranks, lora_alpha=4))

@@ -5,6 +5,12 @@ With lambda_1 >= ... >= lambda_m the diagonal entries of H_w, sorted:
 - global:          S_global(w) = trace(H_w) = sum_i lambda_i
 - local, top-k:    S_topk(w)   = mean of the k largest lambda_i, k = max(1, floor(m * topk_fraction))
 - local, eff. rank: S_eff(w)   = min { k : sum_{j<=k} lambda_j / sum_j lambda_j >= alpha }  (0 if all are 0)
+
+An estimated diagonal may hold negative entries (`hutchinson`: probe noise or negative curvature). The
+trace then sums the entries as given and clamps only the module total, max(0, sum_i lambda_i), so that
+an unbiased diagonal gives an unbiased trace (clamping each entry first biases it upward); top-k and
+effective rank read the entries clamped at 0, max(0, lambda_i), and the share of negative entries is
+reported as `clamped_fraction`. For a non-negative diagonal (`activation`, `fisher`) nothing changes.
 """
 
 from __future__ import annotations
@@ -31,9 +37,13 @@ def _as_sorted_desc(diagonal: Any) -> np.ndarray:
     return np.sort(values)[::-1]
 
 
+def _trace_of(values: np.ndarray) -> float:
+    return max(0.0, float(values.sum()))
+
+
 def trace_metric(diagonal: Any) -> float:
-    """S_global = sum of the diagonal entries."""
-    return float(_as_sorted_desc(diagonal).sum())
+    """S_global = max(0, sum of the diagonal entries): negative entries count, only the total is clamped."""
+    return _trace_of(_as_sorted_desc(diagonal))
 
 
 def topk_count(num_entries: int, topk_fraction: float) -> int:
@@ -61,14 +71,17 @@ def _effective_rank_of_sorted(ordered: np.ndarray, energy_threshold: float) -> i
 
 
 def topk_metric(diagonal: Any, topk_fraction: float = 0.5) -> float:
-    """S_topk = mean of the k largest diagonal entries."""
-    return _topk_of_sorted(_as_sorted_desc(diagonal), topk_fraction)
+    """S_topk = mean of the k largest diagonal entries, each clamped at 0."""
+    return _topk_of_sorted(_as_sorted_desc(diagonal).clip(min=0.0), topk_fraction)
 
 
 def effective_rank_metric(diagonal: Any, energy_threshold: float = 0.85) -> int:
-    """S_eff = the fewest largest entries whose sum reaches `energy_threshold` of the total (0 if total is 0)."""
+    """S_eff = the fewest largest entries (clamped at 0) whose sum reaches `energy_threshold` of their total.
+
+    0 if every entry is 0 or below.
+    """
     _check_energy_threshold(energy_threshold)
-    return _effective_rank_of_sorted(_as_sorted_desc(diagonal), energy_threshold)
+    return _effective_rank_of_sorted(_as_sorted_desc(diagonal).clip(min=0.0), energy_threshold)
 
 
 @dataclass(frozen=True)
@@ -78,12 +91,13 @@ class ModuleSensitivity:
     Attributes:
         name: full module name as in `model.named_modules()`.
         d_in, d_out: input and output features of the layer.
-        trace: S_global, the sum of the Hessian diagonal entries.
-        topk: S_topk, the mean of the k largest entries.
-        effective_rank: S_eff, the fewest entries holding `energy_threshold` of the trace.
+        trace: S_global, max(0, the sum of the Hessian diagonal entries as estimated).
+        topk: S_topk, the mean of the k largest entries (clamped at 0).
+        effective_rank: S_eff, the fewest entries (clamped at 0) holding `energy_threshold` of their sum.
         num_entries: m, how many diagonal entries the metrics were computed from
             (d_in for `activation`, d_in * d_out for `fisher` and `hutchinson`).
-        clamped_fraction: share of entries that were negative and clamped to 0 (`hutchinson` only).
+        clamped_fraction: share of entries that were negative and clamped to 0 for top-k and effective
+            rank (only `hutchinson` estimates negative entries).
     """
 
     name: str
@@ -105,23 +119,31 @@ class ModuleSensitivity:
         d_out: int,
         topk_fraction: float = 0.5,
         energy_threshold: float = 0.85,
-        clamped_fraction: float = 0.0,
     ) -> ModuleSensitivity:
-        """Compute all three metrics of one module from its Hessian diagonal."""
+        """Compute all three metrics of one module from an estimate of its Hessian diagonal.
+
+        trace = max(0, sum_i lambda_i) over the entries as given (negative ones included); top-k and
+        effective rank from max(0, lambda_i); clamped_fraction = the share of entries below 0.
+
+        Raises:
+            ValueError: an empty diagonal, NaN or inf entries (naming the module), or a fraction or
+                threshold outside (0, 1].
+        """
         values = np.asarray(diagonal, dtype=np.float64).reshape(-1)
         if not np.all(np.isfinite(values)):
             raise ValueError(f"module {name!r}: the Hessian diagonal holds NaN or inf")
         _check_energy_threshold(energy_threshold)
         ordered = _as_sorted_desc(values)  # sorted once for all three metrics (large for fisher/hutchinson)
+        clamped = ordered.clip(min=0.0)
         return cls(
             name=name,
             d_in=int(d_in),
             d_out=int(d_out),
-            trace=float(ordered.sum()),
-            topk=_topk_of_sorted(ordered, topk_fraction),
-            effective_rank=_effective_rank_of_sorted(ordered, energy_threshold),
+            trace=_trace_of(ordered),
+            topk=_topk_of_sorted(clamped, topk_fraction),
+            effective_rank=_effective_rank_of_sorted(clamped, energy_threshold),
             num_entries=int(values.size),
-            clamped_fraction=float(clamped_fraction),
+            clamped_fraction=float(np.mean(values < 0.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,16 +1,21 @@
 """From per-module ranks to a stock `peft.LoraConfig` (`rank_pattern` / `alpha_pattern`).
 
 Every module with rank > 0 is a target, keyed by its full name; rank-0 modules are left out (PEFT
-rejects r = 0). LoRA scales its update by alpha / r, so two scaling rules exist for unequal ranks:
+rejects r = 0). LoRA scales its update by alpha / r, rsLoRA (`use_rslora=True`) by alpha / sqrt(r),
+so two scaling rules exist for unequal ranks:
 
-- alpha_mode="scale" (EVA's rule): alpha(w) = lora_alpha * r(w) / avg_rank, i.e. every module keeps
-  uniform LoRA's scale lora_alpha / avg_rank;
-- alpha_mode="fixed": alpha(w) = lora_alpha for every module, so modules with larger rank get a smaller
-  scale (PEFT's plain `rank_pattern` behaviour).
+- alpha_mode="scale" (EVA's rule): every module keeps the scale uniform (rs)LoRA has at the average
+  rank, lora_alpha / avg_rank, or lora_alpha / sqrt(avg_rank) with rsLoRA:
+      alpha(w) = lora_alpha * r(w) / avg_rank              (LoRA)
+      alpha(w) = lora_alpha * sqrt(r(w) / avg_rank)        (rsLoRA)
+- alpha_mode="fixed": alpha(w) = lora_alpha for every module (PEFT's plain `rank_pattern` behaviour),
+  so modules with larger rank get a smaller scale: lora_alpha / r(w), or lora_alpha / sqrt(r(w)) with
+  rsLoRA.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +39,12 @@ def _pattern_key(name: str, names: list[str]) -> str:
     return name
 
 
+def _scaled_alpha(lora_alpha: float, rank: int, avg_rank: float, use_rslora: bool) -> float:
+    """alpha(w) giving rank r(w) uniform (rs)LoRA's scale at avg_rank: r/avg_rank, or sqrt(r/avg_rank) with rsLoRA."""
+    ratio = rank / avg_rank
+    return lora_alpha * (math.sqrt(ratio) if use_rslora else ratio)
+
+
 def to_lora_config(
     allocation_or_ranks: Allocation | Mapping[str, int],
     *,
@@ -46,8 +57,9 @@ def to_lora_config(
     Args:
         allocation_or_ranks: an Allocation, or a plain mapping of full module name -> rank.
         lora_alpha: uniform LoRA's alpha at the average rank.
-        alpha_mode: "scale" (alpha/r equal to uniform LoRA's lora_alpha/avg_rank) or "fixed".
-        **lora_kwargs: passed to LoraConfig (task_type, lora_dropout, modules_to_save, ...).
+        alpha_mode: "scale" (every module's scale equal to uniform LoRA's at the average rank:
+            lora_alpha/avg_rank, or lora_alpha/sqrt(avg_rank) with use_rslora) or "fixed" (alpha kept).
+        **lora_kwargs: passed to LoraConfig (task_type, lora_dropout, use_rslora, modules_to_save, ...).
 
     Raises:
         ValueError: unknown alpha_mode, negative ranks, or every rank is 0.
@@ -72,7 +84,12 @@ def to_lora_config(
     keys = {name: _pattern_key(name, names) for name in names}
     default_rank = max(1, round(avg_rank))
     rank_pattern = {keys[n]: kept[n] for n in names}
-    alpha_pattern = {keys[n]: lora_alpha * kept[n] / avg_rank for n in names} if alpha_mode == "scale" else {}
+    use_rslora = bool(lora_kwargs.get("use_rslora", False))
+    alpha_pattern = (
+        {keys[n]: _scaled_alpha(lora_alpha, kept[n], avg_rank, use_rslora) for n in names}
+        if alpha_mode == "scale"
+        else {}
+    )
     return LoraConfig(
         r=default_rank,
         lora_alpha=lora_alpha,

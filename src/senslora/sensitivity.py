@@ -67,13 +67,12 @@ def estimate_sensitivity(
         raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
     layers = find_target_layers(model, target_modules)
     common = {"max_batches": max_batches, "progress": progress, "accumulator_device": accumulator_device}
-    clamped: dict[str, float] = {}
     if estimator == "activation":
         diagonals = activation_diagonals(model, layers, batches, **common)
     elif estimator == "fisher":
         diagonals = fisher_diagonals(model, layers, batches, per_example=per_example, loss_fn=loss_fn, **common)
     else:
-        diagonals, clamped = hutchinson_diagonals(
+        diagonals = hutchinson_diagonals(
             model, layers, batches, num_probes=num_probes, seed=seed, loss_fn=loss_fn, **common
         )
     return {
@@ -84,7 +83,6 @@ def estimate_sensitivity(
             d_out=layer.d_out,
             topk_fraction=topk_fraction,
             energy_threshold=energy_threshold,
-            clamped_fraction=clamped.get(layer.name, 0.0),
         )
         for layer in layers
     }

@@ -3,10 +3,11 @@
     diag(H) = E_z[ z * (H z) ],   z_i in {-1, +1} uniformly (Rademacher)
 
 Per batch: one forward, one backward with `create_graph=True`, then one extra backward per probe
-(H z = d(g . z)/dw). The estimate is averaged over all probes and batches; negative entries of the
-average (possible for a non-convex loss or from sampling noise) are clamped to 0 before the metrics,
-and the clamped share is reported. Scaled-dot-product attention runs on its math kernel here, since
-the fused kernels have no double backward. In a distributed run process p seeds its probes with
+(H z = d(g . z)/dw). The estimate is averaged over all probes and batches and returned unclamped, so
+that its sum stays an unbiased estimate of trace(H_w). Entries of the average can be negative (a
+non-convex loss, or probe noise); `ModuleSensitivity.from_diagonal` sums them unclamped for the trace
+and clamps them at 0 only for the local metrics. Scaled-dot-product attention runs on its math kernel
+here, since the fused kernels have no double backward. In a distributed run process p seeds its probes with
 `seed + p * PROBE_SEED_STRIDE` (senslora.distributed.process_seed), so processes draw independent probes.
 """
 
@@ -51,12 +52,11 @@ def hutchinson_diagonals(
     max_batches: int | None = None,
     progress: bool = True,
     accumulator_device: torch.device | str | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Hutchinson estimate of the loss-Hessian diagonal per weight element (flattened, clamped, CPU).
+) -> dict[str, torch.Tensor]:
+    """Hutchinson estimate of the loss-Hessian diagonal per weight element (flattened, unclamped, CPU).
 
     Returns:
-        (diagonals, clamped_fraction) where clamped_fraction[name] is the share of entries that were
-        negative and set to 0.
+        The mean of z * (H z) over all probes and batches per target layer; entries may be negative.
 
     Raises:
         ValueError: num_probes < 1, no batches, no loss, or NaN/inf products (naming the module).
@@ -110,11 +110,8 @@ def hutchinson_diagonals(
     if total.item() == 0:
         raise ValueError("no calibration batches: the batches iterable is empty")
     diagonals: dict[str, torch.Tensor] = {}
-    clamped: dict[str, float] = {}
     for layer in layers:
         mean = all_reduce_sum(sums[layer.name]) / total.to(sums[layer.name].dtype)
         check_finite(layer.name, mean, "Hessian-vector products")
-        negative = mean < 0
-        clamped[layer.name] = float(negative.float().mean())
-        diagonals[layer.name] = mean.clamp_min(0).reshape(-1).cpu()
-    return diagonals, clamped
+        diagonals[layer.name] = mean.reshape(-1).cpu()
+    return diagonals
