@@ -1,4 +1,4 @@
-"""`estimate_sensitivity`: one entry point for the three estimators, returning per-module metrics.
+"""`estimate_sensitivity`: one entry point for every estimator, returning per-module metrics.
 
 calibration batches --(estimator)--> Hessian diagonal per target layer --(metrics)--> ModuleSensitivity
 """
