@@ -228,6 +228,15 @@ class Inputs:
         if name == "sens_nan":
             text = sensitivities_to_json({"a.b": ModuleSensitivity("a.b", 2, 2, 1.0, 1.0, 1, 2)})
             return self.write("sens_nan.json", text.replace('"trace": 1.0', '"trace": NaN'))
+        if name == "sens_no_spectrum":
+            text = sensitivities_to_json(
+                {"a.b": ModuleSensitivity("a.b", 2, 2, 1.0, 1.0, 1, 2)}, {"estimator": "gradient_spectrum"}
+            )
+            return self.write("sens_no_spectrum.json", text)
+        if name == "sens_bad_spectrum":
+            item = ModuleSensitivity("a.b", 2, 2, 1.0, 1.0, 1, 2, spectrum=(1.0, 0.5))
+            text = sensitivities_to_json({"a.b": item}, {"estimator": "gradient_spectrum"})
+            return self.write("sens_bad_spectrum.json", text.replace("0.5", "-0.5"))
         if name == "adapter_ok":
             return save_bert_adapter(t / "adapter_ok") if not (t / "adapter_ok").exists() else t / "adapter_ok"
         if name == "adapter_deeper":
@@ -494,6 +503,8 @@ CATALOGUE = [
     ("sensitivity-other-format", "allocate", ["{sens_ranks}"], "not a senslora sensitivity file", "early"),
     ("sensitivity-no-modules", "allocate", ["{sens_empty}"], "lists no modules", "early"),
     ("sensitivity-nan", "allocate", ["{sens_nan}"], "not finite", "early"),
+    ("sensitivity-no-spectrum", "allocate", ["{sens_no_spectrum}"], "has no gradient spectrum", "early"),
+    ("sensitivity-bad-spectrum", "allocate", ["{sens_bad_spectrum}"], "spectrum values must be finite", "early"),
     ("allocate-output-exists", "allocate", ["{sens_ok}", "--output", "{existing_json}"], "already exists", "early"),
     ("allocate-output-directory", "allocate", ["{sens_ok}", "--output", "{emptydir}"], "is a directory", "early"),
     ("allocate-output-under-file", "allocate", ["{sens_ok}", "--output", "{file}/r.json"], "which is a file", "early"),

@@ -39,7 +39,7 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -
 
 # Safeguards of the loss-based estimators against a freshly initialised task head, on unless set explicitly
 # (chosen by the head benchmark in BENCHMARKS.md).
-LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson")
+LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
 DEFAULT_HEAD_WARMUP_STEPS = 50
 DEFAULT_LOSS_RANK_FACTOR = 2.0
 
@@ -103,7 +103,8 @@ class RunConfig:
     per_example: bool = option(False, "fisher: per-example gradients instead of batch gradients")
     head_warmup_steps: int | None = option(
         None,
-        "fisher/hutchinson: train only the new task head this many steps first "
+        "loss-based estimators (fisher, hutchinson, kfac, gradient_spectrum): train only the new task head this "
+        "many steps first "
         f"(default: {DEFAULT_HEAD_WARMUP_STEPS} for a new classification/regression head, else 0)",
     )
     restore_warmed_head: bool = option(False, "after the sensitivity pass, put back the head as it was before warm-up")
@@ -116,7 +117,8 @@ class RunConfig:
     max_rank_factor: float | None = option(
         None,
         "cap every rank at floor(factor x avg_rank) (EVA uses 2); default: "
-        f"{DEFAULT_LOSS_RANK_FACTOR:g} for fisher/hutchinson, no cap for activation; 0: no cap",
+        f"{DEFAULT_LOSS_RANK_FACTOR:g} for the loss-based estimators (fisher, hutchinson, kfac, gradient_spectrum), "
+        "no cap for activation and obd; 0: no cap",
     )
     weighting: str = option("cv", "fusion weights: cv = std/mean^2, equal = 0.5/mean", choices=WEIGHTINGS)
     metrics: list[str] = option(list(METRIC_GROUPS), "metric groups fused into theta", choices=METRIC_GROUPS)

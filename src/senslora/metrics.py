@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -98,6 +98,8 @@ class ModuleSensitivity:
             (d_in for `activation`, d_in * d_out for `fisher` and `hutchinson`).
         clamped_fraction: share of entries that were negative and clamped to 0 for top-k and effective
             rank (only `hutchinson` estimates negative entries).
+        spectrum: singular values of the mean calibration gradient, descending (`gradient_spectrum`
+            only; then the diagonal was their squares); None otherwise, and absent from the JSON.
     """
 
     name: str
@@ -108,6 +110,7 @@ class ModuleSensitivity:
     effective_rank: int
     num_entries: int
     clamped_fraction: float = 0.0
+    spectrum: tuple[float, ...] | None = None
 
     @classmethod
     def from_diagonal(
@@ -147,7 +150,10 @@ class ModuleSensitivity:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        document = asdict(self)
+        if self.spectrum is None:
+            del document["spectrum"]  # files of the other estimators stay as they were
+        return document
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModuleSensitivity:
@@ -156,6 +162,8 @@ class ModuleSensitivity:
         if missing:
             raise ValueError(f"module sensitivity entry lacks the fields {sorted(missing)}")
         item = cls(**{key: value for key, value in data.items() if key in known})
+        if item.spectrum is not None:
+            item = replace(item, spectrum=spectrum_from_json(item.name, item.spectrum))
         item.check_finite()
         return item
 
@@ -164,6 +172,19 @@ class ModuleSensitivity:
         for field_name in ("trace", "topk", "effective_rank"):
             if not math.isfinite(getattr(self, field_name)):
                 raise ValueError(f"module {self.name!r}: metric {field_name} is not finite")
+
+
+def spectrum_from_json(name: str, values: Any) -> tuple[float, ...]:
+    """A stored `spectrum` as a tuple of finite, non-negative floats; ValueError naming the module."""
+    if not isinstance(values, list | tuple) or not values:
+        raise ValueError(f"module {name!r}: spectrum must be a non-empty list of numbers")
+    try:
+        spectrum = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"module {name!r}: spectrum must be a non-empty list of numbers") from None
+    if not all(math.isfinite(v) and v >= 0 for v in spectrum):
+        raise ValueError(f"module {name!r}: spectrum values must be finite and >= 0")
+    return spectrum
 
 
 SENSITIVITY_FORMAT = "senslora.sensitivity/1"

@@ -52,6 +52,7 @@ from senslora.models import (
     load_model_and_tokenizer,
 )
 from senslora.sensitivity import estimate_sensitivity
+from senslora.spectrum_allocation import allocate_spectrum_ranks
 from senslora.targets import find_target_layers, layer_shape
 from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 from senslora.training import TrainingResult, total_training_steps
@@ -212,7 +213,7 @@ def load_calibration_data(config: RunConfig, data: TaskData) -> datasets.Dataset
     except ValueError as error:
         raise ValueError(f"calibration data {config.calibration_data!r}: {error}") from None
     labelled_task = data.task in ("classification", "regression")
-    if labelled_task and "label" not in calibration_data.column_names and config.estimator != "activation":
+    if labelled_task and "label" not in calibration_data.column_names and config.estimator not in ("activation", "obd"):
         raise ValueError(
             f"calibration data {config.calibration_data!r} has no labels, which the {config.estimator} "
             "estimator needs; use the activation estimator or labelled calibration data"
@@ -309,7 +310,18 @@ def run_sensitivity(
 def run_allocation(
     config: RunConfig, sensitivities: dict[str, ModuleSensitivity], estimator: str | None = None
 ) -> Allocation:
-    """Allocate with the run's options; `estimator` (default the config's) decides the default rank cap."""
+    """Allocate with the run's options; `estimator` (default the config's) decides the default rank cap,
+    and a `gradient_spectrum` sensitivity is allocated by `allocate_spectrum_ranks` (scheme, weighting
+    and metrics do not apply to it)."""
+    if (estimator or config.estimator) == "gradient_spectrum":
+        return allocate_spectrum_ranks(
+            sensitivities,
+            avg_rank=config.avg_rank,
+            budget_unit=config.budget_unit,
+            min_rank=config.min_rank,
+            max_rank=config.max_rank,
+            max_rank_factor=effective_max_rank_factor(config.max_rank_factor, "gradient_spectrum"),
+        )
     return allocate_ranks(
         sensitivities,
         avg_rank=config.avg_rank,

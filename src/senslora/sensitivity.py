@@ -1,4 +1,4 @@
-"""`estimate_sensitivity`: one entry point for the three estimators, returning per-module metrics.
+"""`estimate_sensitivity`: one entry point for every estimator, returning per-module metrics.
 
 calibration batches --(estimator)--> Hessian diagonal per target layer --(metrics)--> ModuleSensitivity
 """
@@ -6,16 +6,25 @@ calibration batches --(estimator)--> Hessian diagonal per target layer --(metric
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import nn
 
 from senslora.calibration import Batch, LossFn
-from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+from senslora.estimators import (
+    activation_diagonals,
+    fisher_diagonals,
+    gradient_spectra,
+    hutchinson_diagonals,
+    kfac_diagonals,
+    obd_diagonals,
+)
 from senslora.metrics import ModuleSensitivity, topk_count
 from senslora.targets import find_target_layers
 
-ESTIMATORS = ("activation", "fisher", "hutchinson")
+# The paper's three, then the opt-in variants of docs/estimators.md.
+ESTIMATORS = ("activation", "fisher", "hutchinson", "obd", "kfac", "gradient_spectrum")
 
 
 def estimate_sensitivity(
@@ -41,7 +50,9 @@ def estimate_sensitivity(
         batches: iterable of dicts of model inputs (input_ids, attention_mask, and labels for the
             loss-based estimators). Padding (attention_mask == 0) never counts.
         estimator: "activation" (diag 2XX^T/N, forward only), "fisher" (E[g^2]) or "hutchinson"
-            (E[z * Hz]).
+            (E[z * Hz]); opt-in variants: "obd" (W^2 * h, forward only), "kfac" (E[x^2] * E[g^2]) and
+            "gradient_spectrum" (singular values of the mean gradient, kept in `spectrum`; the diagonal
+            is their squares).
         target_modules: None (every Linear/Conv1D except output heads), names/suffixes, or a regex.
         topk_fraction: k = max(1, floor(m * topk_fraction)) entries for the top-k metric.
         energy_threshold: alpha of the effective-rank metric.
@@ -67,15 +78,23 @@ def estimate_sensitivity(
         raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
     layers = find_target_layers(model, target_modules)
     common = {"max_batches": max_batches, "progress": progress, "accumulator_device": accumulator_device}
+    spectra: dict[str, torch.Tensor] = {}
     if estimator == "activation":
         diagonals = activation_diagonals(model, layers, batches, **common)
     elif estimator == "fisher":
         diagonals = fisher_diagonals(model, layers, batches, per_example=per_example, loss_fn=loss_fn, **common)
+    elif estimator == "obd":
+        diagonals = obd_diagonals(model, layers, batches, **common)
+    elif estimator == "kfac":
+        diagonals = kfac_diagonals(model, layers, batches, loss_fn=loss_fn, **common)
+    elif estimator == "gradient_spectrum":
+        spectra = gradient_spectra(model, layers, batches, loss_fn=loss_fn, **common)
+        diagonals = {name: values.square() for name, values in spectra.items()}
     else:
         diagonals = hutchinson_diagonals(
             model, layers, batches, num_probes=num_probes, seed=seed, loss_fn=loss_fn, **common
         )
-    return {
+    sensitivities = {
         layer.name: ModuleSensitivity.from_diagonal(
             layer.name,
             diagonals[layer.name].double().numpy(),
@@ -85,4 +104,8 @@ def estimate_sensitivity(
             energy_threshold=energy_threshold,
         )
         for layer in layers
+    }
+    return {
+        name: replace(item, spectrum=tuple(spectra[name].tolist())) if name in spectra else item
+        for name, item in sensitivities.items()
     }
