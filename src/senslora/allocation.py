@@ -345,21 +345,43 @@ def progressive_levels(
     return [top - sum(1 for b in boundaries if b <= position) for position in range(count)]
 
 
-def _check_capacity(
-    names: list[str], cost: list[int], full: list[int], high: list[float], budget: int, unit: str, max_rank: int | None
+def effective_max_rank(max_rank: int | None, max_rank_factor: float | None, avg_rank: float) -> int | None:
+    """min(max_rank, floor(max_rank_factor * avg_rank)); a factor of 0 or None adds no cap."""
+    if max_rank_factor is None or max_rank_factor == 0:
+        return max_rank
+    if not max_rank_factor > 0:
+        raise ValueError(f"max_rank_factor must be positive (0: no cap), got {max_rank_factor}")
+    factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
+    return factor_cap if max_rank is None else min(max_rank, factor_cap)
+
+
+def check_budget_fits(
+    shapes: Mapping[str, tuple[int, int]], avg_rank: float, budget_unit: str, max_rank: int | None = None
 ) -> None:
-    """Refuse a budget that the full ranks min(d_in, d_out) (or max_rank) cannot hold."""
-    full_capacity = sum(c * f for c, f in zip(cost, full, strict=True))
+    """Raise ValueError if the budget at `avg_rank` exceeds what the modules can hold.
+
+    A module holds at most its full rank min(d_in, d_out) (a LoRA rank above it only adds parameters),
+    and at most max_rank. Budget and capacity are counted in `budget_unit`: sum_w cost(w) * avg_rank
+    against sum_w cost(w) * min(d_in, d_out, max_rank), cost(w) = 1 ("rank") or d_in + d_out ("params").
+    Pure: the shapes can come from a sensitivity file or from the model's target layers.
+    """
+    _check_choice("budget unit", budget_unit, BUDGET_UNITS)
+    names = sorted(shapes)
+    cost = {n: 1 if budget_unit == "rank" else sum(shapes[n]) for n in names}
+    budget = round(avg_rank * sum(cost.values()))
+    full = {n: min(shapes[n]) for n in names}
+    full_capacity = sum(cost[n] * full[n] for n in names)
     if budget > full_capacity:
-        smallest = min(range(len(names)), key=lambda i: (full[i], names[i]))
+        smallest = min(names, key=lambda n: (full[n], n))
         raise ValueError(
-            f"budget of {budget} {unit} exceeds the {full_capacity} {unit} of the {len(names)} modules' full ranks "
-            f"min(d_in, d_out) (e.g. {names[smallest]!r}: {full[smallest]}); a LoRA rank above a matrix's full rank "
-            "only adds parameters: lower avg_rank"
+            f"budget of {budget} {budget_unit} (avg_rank {avg_rank:g}) exceeds the {full_capacity} {budget_unit} of "
+            f"the {len(names)} modules' full ranks min(d_in, d_out) (e.g. {smallest!r}: {full[smallest]}); a LoRA "
+            f"rank above a matrix's full rank only adds parameters: lower avg_rank to at most "
+            f"{full_capacity // sum(cost.values())}"
         )
-    if sum(c * h for c, h in zip(cost, high, strict=True)) < budget:
+    if max_rank is not None and sum(cost[n] * min(full[n], max_rank) for n in names) < budget:
         raise ValueError(
-            f"budget of {budget} {unit} cannot be spent with max_rank={max_rank} on "
+            f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "
             f"{len(names)} modules; raise max_rank or lower avg_rank"
         )
 
@@ -418,13 +440,7 @@ def allocate_ranks(
         raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
     if not isinstance(min_rank, int) or min_rank < 0:
         raise ValueError(f"min_rank must be an integer >= 0, got {min_rank}")
-    if max_rank_factor:
-        if not max_rank_factor > 0:
-            raise ValueError(f"max_rank_factor must be positive (0: no cap), got {max_rank_factor}")
-        factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
-        max_rank = factor_cap if max_rank is None else min(max_rank, factor_cap)
-    elif max_rank_factor is not None and max_rank_factor < 0:
-        raise ValueError(f"max_rank_factor must be positive (0: no cap), got {max_rank_factor}")
+    max_rank = effective_max_rank(max_rank, max_rank_factor, avg_rank)
     if max_rank is not None and (not isinstance(max_rank, int) or max_rank < max(1, min_rank)):
         raise ValueError(f"max_rank must be an integer >= max(1, min_rank={min_rank}), got {max_rank}")
     if scheme == "pra" and (not isinstance(num_groups, int) or num_groups < 1):
@@ -449,7 +465,7 @@ def allocate_ranks(
             f"budget of {budget} {budget_unit} is too small to give min_rank={min_rank} to all "
             f"{len(names)} modules (needs {floor_cost:g}); raise avg_rank or lower min_rank"
         )
-    _check_capacity(names, cost, full, high, budget, budget_unit, max_rank)
+    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
 
     theta_by_name, weights = fuse_scores(sensitivities, weighting=weighting, metrics=metrics)
     uniform_fallback = all(theta_by_name[n] == 0.0 for n in names)

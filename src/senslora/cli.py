@@ -217,8 +217,8 @@ def run_allocate_command(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     output = Path(args.output)
     _check_output_file(output, config.overwrite)
-    sensitivities, metadata = load_sensitivity_file(args.sensitivity)
-    allocation = run_allocation(config, sensitivities, estimator=metadata.get("estimator"))
+    sensitivities, _ = load_sensitivity_file(args.sensitivity)
+    allocation = run_allocation(config, sensitivities)
     atomic_write_json(output, allocation.to_dict())
     ranks = allocation.ranks.values()
     print(
