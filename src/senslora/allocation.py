@@ -7,14 +7,35 @@ A metric with mean 0 or std 0 carries no information and gets weight 0.
     S_local(w) = c(S_topk) * S_topk(w) + c(S_eff) * S_eff(w)
     theta(w)   = c(S_global) * S_global(w) + c(S_local) * S_local(w)
 
-SRA (the paper's):  r(w) = theta(w) / sum(theta) * r_total, r_total = avg_rank * number of matrices.
-PRA (its ablation): sort by theta, split into C groups, ranks step down by one around the average.
+Budget: B = avg_rank * sum_w cost(w), cost(w) = d_in + d_out ("params", the default: uniform LoRA's
+parameter count) or 1 ("rank", the paper's unit: avg_rank * number of matrices).
 
-Open points resolved here: ranks are clipped to [min_rank, max_rank] with the excess re-spread over the
-others (water-filling), then made integer by largest-remainder rounding so that the budget is met exactly;
-ties go to the more sensitive module, then to the module name. With `budget_unit="params"` one rank of
-module w costs d_in + d_out parameters and the budget is uniform LoRA's parameter count; integer ranks
-then meet it as closely as possible from below. Pure Python: no model and no torch needed.
+SRA (the paper's):  real r(w) = lam * theta(w) with sum_w cost(w) * r(w) = B.
+PRA (its ablation): modules sorted by theta form K whole groups at levels L0, L0 - 1, ..., L0 - K + 1
+    summing to round(avg_rank * n) ranks exactly (`progressive_levels`):
+    - K = C when a split into C non-empty groups meets the budget exactly, else the nearest count that
+      has one (C + 1 before C - 1); C = 2 with an integer average never has one (two levels one apart
+      never sum to a multiple of n), K = 1 or 2 always does (floor and ceiling of the average);
+    - with boundaries b_j (modules before group j), the sum is n * L0 - (K - 1) * n + sum_j b_j, so
+      L0 fixes S = sum_j b_j; L0 is the allowed level nearest avg + (K - 1) / 2 (ties: the higher);
+    - the boundaries are the equal split j * n / K shifted by one common amount to sum to S (clipped to
+      [j, n - K + j]), rounded by largest remainder (ties to the later boundary).
+    In the params unit the levels are then shifted by one common real amount to meet the parameter budget
+    and rounded as below: ranks stay monotone and within the budget, but levels one apart and whole groups
+    hold only in the rank unit.
+
+Bounds: min_rank <= r(w) <= min(max_rank, floor(max_rank_factor * avg_rank), min(d_in, d_out)); the
+full rank min(d_in, d_out) always applies (a larger LoRA rank only adds parameters), the 2x cap by
+default (max_rank_factor=0: none, as in the paper). Violators are fixed at their bound and the excess
+re-spread over the others (water-filling); a budget the bounds cannot hold is refused.
+
+Integer ranks: floors, then +1 steps, each to the module furthest below its real rank (largest
+remainder; ties: larger theta, then name), each allowed only if it fits what is left of the budget and
+every strictly more sensitive module (not at its own bound) already holds at least the new rank. So a
+more sensitive module never gets a smaller rank (a module at its full rank excepted); in the rank unit
+the budget is met exactly; in the params unit it is met from below as closely as that allows: what is
+left is smaller than the cost of every +1 that keeps the ranks monotone and within the bounds.
+Pure Python: no model and no torch needed.
 """
 
 from __future__ import annotations
@@ -524,9 +545,10 @@ def warn_if_dominated(allocation: Allocation, share: float = DEFAULT_DOMINANCE_S
     name, held = largest_share(allocation)
     if held > share and held > 4.0 / len(allocation.ranks):
         warnings.warn(
-            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks); cap ranks "
-            "(max_rank_factor=2) or leave the module out. Causes seen: a freshly initialised task head "
-            "(loss-based estimators; warm it up first) and outlier activations (activation estimator).",
+            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks); keep "
+            "ranks capped (max_rank_factor=2, the default) or leave the module out. Causes seen: a freshly "
+            "initialised task head (loss-based estimators; warm it up first) and outlier activations (activation "
+            "estimator).",
             DominanceWarning,
             stacklevel=3,
         )
