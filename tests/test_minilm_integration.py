@@ -1,8 +1,8 @@
 """Integration on the real MiniLM with real Rotten Tomatoes text, against SPEC section 10's figures.
 
 Those figures come from an independent implementation of the formulas (activation estimator, 256
-snippets, average rank 4, min rank 1, a budget in ranks and no cap: the paper's settings): per layer, in the order attention.output.dense, key, query, value,
-intermediate.dense, output.dense.
+snippets, average rank 4, min rank 1, a budget in ranks and no cap: the paper's settings): per layer, in
+the order attention.output.dense, key, query, value, intermediate.dense, output.dense.
 """
 
 from __future__ import annotations
