@@ -90,3 +90,25 @@ def test_adapter_update_norms_match_peft_delta_weights(tmp_path):
     assert set(measured) == set(expected) and len(expected) == 4
     for name, value in expected.items():
         assert abs(measured[name] - value) <= 1e-4 * value, name
+
+
+def test_published_activation_rows_keep_their_labels_and_settings():
+    """The activation rows were published uncapped (the default then): the experiments now say so, and the
+    label stays the one the published results carry."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import experiments
+        import summarize
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    published = {"method": "senslora", "estimator": "activation", "budget_unit": "params"}
+    explicit = published | {"max_rank_factor": 0}
+    capped = published | {"max_rank_factor": 2.0}
+    label = "senslora (activation) budget_unit=params"
+    assert summarize.method_label({"overrides": published}) == summarize.method_label({"overrides": explicit}) == label
+    assert summarize.method_label({"overrides": capped}) == label + ", max_rank_factor=2.0"
+    for experiment in experiments.full():
+        overrides = experiment.overrides
+        if overrides.get("method") == "senslora" and overrides.get("estimator") == "activation":
+            assert "max_rank_factor" in overrides or "ranks" in overrides, experiment.name
+            assert "budget_unit" in overrides, experiment.name

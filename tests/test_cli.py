@@ -38,7 +38,9 @@ def test_sensitivity_allocate_finetune_evaluate(tiny_bert_dir, sentiment_csv, tm
     code, out, err = run_cli(["allocate", sensitivity_path, "--avg-rank", "3", "--output", ranks_path], capsys)
     assert code == 0, err
     allocation = Allocation.from_json(ranks_path.read_text())
-    assert sum(allocation.ranks.values()) == 3 * 13 and allocation.budget_used == 39
+    # default budget: uniform LoRA's parameters at rank 3 on the 13 targets, 3 * (2 * 448 + 64) = 2,880
+    assert allocation.budget_unit == "params" and allocation.budget == 2880
+    assert allocation.budget_used == allocation.param_count <= 2880 and max(allocation.ranks.values()) <= 6
 
     run_dir = tmp_path / "run"
     code, out, err = run_cli(
@@ -68,10 +70,17 @@ def test_sensitivity_allocate_finetune_evaluate(tiny_bert_dir, sentiment_csv, tm
 
 def test_adapter_loads_with_stock_peft_only(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    code, _, err = run_cli(
+    code, out, err = run_cli(
         ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST], capsys
     )
     assert code == 0, err
+    # both counts: this run's adapter (PEFT's own count) and uniform LoRA's at rank 4 on the same 13 targets,
+    # 4 * (2 * (4 * (32 + 32) + (32 + 64) + (64 + 32)) + 64) = 3,840, the default (params) budget
+    adapter = json.loads((run_dir / "metrics.json").read_text())["parameters"]["adapter"]
+    assert f"senslora: {adapter:,} adapter" in out and "uniform LoRA at rank 4 on the same 13 targets: 3,840" in out
+    # the most sensitive module below the cap can always take one more rank: what is left is below its cost,
+    # at most 32 + 64 = 96
+    assert 3840 - 96 < adapter <= 3840
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
     model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
     allocation = Allocation.from_json((run_dir / "ranks.json").read_text())
@@ -104,6 +113,7 @@ def test_baseline_methods(method, tiny_bert_dir, sentiment_csv, tmp_path, capsys
         # intermediate (32 -> 64) and output (64 -> 32); plus the pooler (32 -> 32)
         per_layer = 4 * (32 + 32) + (32 + 64) + (64 + 32)
         assert metrics["parameters"]["adapter"] == 4 * (2 * per_layer + 64)
+    assert f"uniform LoRA at rank 4 on the same 13 targets: {4 * 960:,} adapter parameters" in out
 
 
 def test_causal_lm_on_a_text_file(tiny_llama_dir, tmp_path, capsys):

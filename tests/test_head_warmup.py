@@ -101,7 +101,7 @@ def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_p
 
 
 def test_loss_based_defaults_resolve_by_estimator_and_task():
-    from senslora.config import effective_head_warmup_steps, effective_max_rank_factor
+    from senslora.config import effective_head_warmup_steps
 
     assert effective_head_warmup_steps(None, "fisher", "classification") == 50
     assert effective_head_warmup_steps(None, "hutchinson", "regression") == 50
@@ -109,9 +109,15 @@ def test_loss_based_defaults_resolve_by_estimator_and_task():
     assert effective_head_warmup_steps(None, "activation", "classification") == 0
     assert effective_head_warmup_steps(7, "activation", "classification") == 0  # activation never uses the head
     assert effective_head_warmup_steps(0, "fisher", "classification") == 0
-    assert effective_max_rank_factor(None, "fisher") == effective_max_rank_factor(None, "hutchinson") == 2.0
-    assert effective_max_rank_factor(None, "activation") is None
-    assert effective_max_rank_factor(0, "fisher") is None and effective_max_rank_factor(3.0, "activation") == 3.0
+
+
+def test_every_estimator_caps_ranks_at_twice_the_average_by_default():
+    """The 2x cap is the default for every estimator (activation too); 0 (or none) reproduces the paper."""
+    from senslora.config import RunConfig, effective_max_rank_factor
+
+    assert RunConfig().max_rank_factor == 2.0 and effective_max_rank_factor(RunConfig().max_rank_factor) == 2.0
+    assert effective_max_rank_factor(0) is None and effective_max_rank_factor(None) is None
+    assert effective_max_rank_factor(3.0) == 3.0
 
 
 def test_fisher_run_gets_the_safeguards_by_default(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
@@ -128,7 +134,7 @@ def test_fisher_run_gets_the_safeguards_by_default(tiny_bert_dir, sentiment_csv,
     assert json.loads((tmp_path / "off.json").read_text())["head_warmup"] == {"steps": 0}
 
     capsys.readouterr()
-    allocate = ["allocate", str(tmp_path / "off.json"), "--avg-rank", "3"]
+    allocate = ["allocate", str(tmp_path / "off.json"), "--avg-rank", "3", "--budget-unit", "rank"]
     assert main([*allocate, "--output", str(tmp_path / "capped.json")]) == 0
     assert "takes" not in capsys.readouterr().err
     assert main([*allocate, "--output", str(tmp_path / "uncapped.json"), "--max-rank-factor", "0"]) == 0

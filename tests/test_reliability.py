@@ -446,6 +446,18 @@ CATALOGUE = [
     ),
     ("num-probes-zero", "finetune", ["--num-probes", "0"], "num_probes must be >= 1", "early"),
     ("num-groups-zero", "finetune", ["--num-groups", "0"], "num_groups must be >= 1", "early"),
+    # ranks above a matrix's full rank min(d_in, d_out) (32 for every target of the tiny BERT)
+    ("allocate-above-full-rank", "allocate", ["{sens_ok}", "--avg-rank", "2000"], "modules' full ranks", "early"),
+    ("avg-rank-above-full-rank", "finetune", ["--avg-rank", "100000"], "modules' full ranks", "model"),
+    ("lora-rank-above-full-rank", "finetune", ["--method", "lora", "--avg-rank", "33"], "full rank 32", "model"),
+    ("eva-rank-above-full-rank", "finetune", ["--method", "eva", "--avg-rank", "33"], "full rank 32", "model"),
+    (
+        "adalora-init-rank-above-full-rank",
+        "finetune",
+        ["--method", "adalora", "--avg-rank", "22"],
+        "init_r 33",
+        "model",
+    ),
     ("head-warmup-negative", "finetune", ["--head-warmup-steps", "-5"], "head_warmup_steps must be >= 0", "early"),
     ("max-length-one", "finetune", ["--max-length", "1"], "max_length must be >= 2", "early"),
     ("max-train-examples-zero", "finetune", ["--max-train-examples", "0"], "max_train_examples must be >= 1", "early"),

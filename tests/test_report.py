@@ -366,7 +366,7 @@ def test_report_on_bert_run_directory(bert_run: Path):
     assert "![Rank map](rank_map.png)" in markdown and "![Metrics by layer](metrics_by_layer.png)" in markdown
     ranks_document = json.loads((bert_run / "ranks.json").read_text())
     summary = dict(markdown_table(bert_run / "report.md", "## Budget")[1:])
-    assert summary["budget"] == f"{ranks_document['budget']} (rank)"
+    assert summary["budget"] == f"{ranks_document['budget']} ({ranks_document['budget_unit']})"
     assert int(summary["budget_used"]) == ranks_document["budget_used"]
     assert int(summary["LoRA parameters"]) == ranks_document["param_count"]
     uniform = 4 * sum(m["d_in"] + m["d_out"] for m in ranks_document["modules"])
@@ -417,9 +417,11 @@ def test_report_from_sensitivity_file_only(tmp_path: Path):
     markdown = (run / "report.md").read_text(encoding="utf-8")
     assert "allocation was computed for this report" in markdown
     summary = dict(markdown_table(run / "report.md", "## Budget")[1:])
-    assert summary["budget"] == "26 (rank)"  # 2 * 13 modules
+    # the default budget: uniform LoRA's parameters at rank 2, 2 * (2 * (4 * 64 + 160 + 160) + 64) = 2,432
+    assert summary["budget"] == "2432 (params)"
     rows = markdown_table(run / "report.md", "## Modules")
-    assert sum(int(row[9]) for row in rows[1:]) == 26
+    shapes = bert_modules(2)
+    assert sum(int(row[9]) * sum(shapes[row[0]]) for row in rows[1:]) <= 2432
     sensitivities, _ = senslora.sensitivities_from_json((run / "sensitivity.json").read_text())
     expected = senslora.allocate_ranks(sensitivities, avg_rank=2)
     assert {row[0]: int(row[9]) for row in rows[1:]} == expected.ranks

@@ -7,14 +7,35 @@ A metric with mean 0 or std 0 carries no information and gets weight 0.
     S_local(w) = c(S_topk) * S_topk(w) + c(S_eff) * S_eff(w)
     theta(w)   = c(S_global) * S_global(w) + c(S_local) * S_local(w)
 
-SRA (the paper's):  r(w) = theta(w) / sum(theta) * r_total, r_total = avg_rank * number of matrices.
-PRA (its ablation): sort by theta, split into C groups, ranks step down by one around the average.
+Budget: B = avg_rank * sum_w cost(w), cost(w) = d_in + d_out ("params", the default: uniform LoRA's
+parameter count) or 1 ("rank", the paper's unit: avg_rank * number of matrices).
 
-Open points resolved here: ranks are clipped to [min_rank, max_rank] with the excess re-spread over the
-others (water-filling), then made integer by largest-remainder rounding so that the budget is met exactly;
-ties go to the more sensitive module, then to the module name. With `budget_unit="params"` one rank of
-module w costs d_in + d_out parameters and the budget is uniform LoRA's parameter count; integer ranks
-then meet it as closely as possible from below. Pure Python: no model and no torch needed.
+SRA (the paper's):  real r(w) = lam * theta(w) with sum_w cost(w) * r(w) = B.
+PRA (its ablation): modules sorted by theta form K whole groups at levels L0, L0 - 1, ..., L0 - K + 1
+    summing to round(avg_rank * n) ranks exactly (`progressive_levels`):
+    - K = C when a split into C non-empty groups meets the budget exactly, else the nearest count that
+      has one (C + 1 before C - 1); C = 2 with an integer average never has one (two levels one apart
+      never sum to a multiple of n), K = 1 or 2 always does (floor and ceiling of the average);
+    - with boundaries b_j (modules before group j), the sum is n * L0 - (K - 1) * n + sum_j b_j, so
+      L0 fixes S = sum_j b_j; L0 is the allowed level nearest avg + (K - 1) / 2 (ties: the higher);
+    - the boundaries are the equal split j * n / K shifted by one common amount to sum to S (clipped to
+      [j, n - K + j]), rounded by largest remainder (ties to the later boundary).
+    In the params unit the levels are then shifted by one common real amount to meet the parameter budget
+    and rounded as below: ranks stay monotone and within the budget, but levels one apart and whole groups
+    hold only in the rank unit.
+
+Bounds: min_rank <= r(w) <= min(max_rank, floor(max_rank_factor * avg_rank), min(d_in, d_out)); the
+full rank min(d_in, d_out) always applies (a larger LoRA rank only adds parameters), the 2x cap by
+default (max_rank_factor=0: none, as in the paper). Violators are fixed at their bound and the excess
+re-spread over the others (water-filling); a budget the bounds cannot hold is refused.
+
+Integer ranks: floors, then +1 steps, each to the module furthest below its real rank (largest
+remainder; ties: larger theta, then name), each allowed only if it fits what is left of the budget and
+every strictly more sensitive module (not at its own bound) already holds at least the new rank. So a
+more sensitive module never gets a smaller rank (a module at its full rank excepted); in the rank unit
+the budget is met exactly; in the params unit it is met from below as closely as that allows: what is
+left is smaller than the cost of every +1 that keeps the ranks monotone and within the bounds.
+Pure Python: no model and no torch needed.
 """
 
 from __future__ import annotations
@@ -38,6 +59,8 @@ RANKS_FORMAT = "senslora.ranks/1"
 # A module holding more than this share of the budget (and more than 4x the average share) triggers
 # a DominanceWarning.
 DEFAULT_DOMINANCE_SHARE = 0.25
+# Every rank is capped at this factor times the average rank unless told otherwise (EVA's rho; 0: no cap).
+DEFAULT_MAX_RANK_FACTOR = 2.0
 
 
 class DominanceWarning(UserWarning):
@@ -199,9 +222,9 @@ class Allocation:
 
 
 def _water_fill(
-    base: list[float], slope: list[float], cost: list[float], budget: float, low: float, high: list[float]
+    base: list[float], slope: list[float], cost: list[float], budget: float, low: list[float], high: list[float]
 ) -> list[float]:
-    """Real r_i = clip(base_i + lam * slope_i, low, high_i) with sum cost_i * r_i = budget (slope >= 0).
+    """Real r_i = clip(base_i + lam * slope_i, low_i, high_i) with sum cost_i * r_i = budget (slope >= 0).
 
     Bounds are enforced by fixing violators and re-spreading the rest: when clipping would remove more
     than it adds, the upper violators stay at their bound in the final solution (lam can only grow), and
@@ -222,48 +245,166 @@ def _water_fill(
         )
         values = {i: base[i] + lam * s for i, s in zip(free, spread, strict=True)}
         over = [i for i, v in values.items() if v > high[i]]
-        under = [i for i, v in values.items() if v < low]
+        under = [i for i, v in values.items() if v < low[i]]
         if not over and not under:
             fixed.update(values)
             return [fixed[i] for i in range(count)]
         excess = sum(cost[i] * (values[i] - high[i]) for i in over)
-        deficit = sum(cost[i] * (low - values[i]) for i in under)
+        deficit = sum(cost[i] * (low[i] - values[i]) for i in under)
         if excess >= deficit:
             fixed.update({i: high[i] for i in over})
         else:
-            fixed.update({i: low for i in under})
+            fixed.update({i: low[i] for i in under})
 
 
-def _round_largest_remainder(
+def _round_monotone(
     names: list[str], values: list[float], theta: list[float], cost: list[int], budget: int, high: list[float]
 ) -> list[int]:
-    """Floor every value, then give +1 by largest remainder (ties: larger theta, then name) while it fits."""
-    floors = [math.floor(v + 1e-9) for v in values]
-    remainders = [max(0.0, v - f) for v, f in zip(values, floors, strict=True)]
-    left = budget - sum(c * f for c, f in zip(cost, floors, strict=True))
-    order = sorted(range(len(names)), key=lambda i: (-round(remainders[i], 9), -theta[i], names[i]))
-    for i in order:
-        if left <= 0:
+    """Integer ranks from real ones: floors, then +1 steps that keep the ranks monotone in theta.
+
+    Each step goes to the module with the largest deficit v_i - r_i (ties: larger theta, then name) among
+    those that can take one more rank: r_i + 1 <= high_i, cost_i <= what is left of the budget, and every
+    strictly more sensitive module not at its own bound already holds at least r_i + 1. In the rank unit
+    (cost 1) this is largest-remainder rounding and meets the budget exactly. In the params unit it stops
+    when no such step fits: what is left is smaller than the cost of every step that keeps the order.
+    """
+    count = len(names)
+    ranks = [math.floor(v + 1e-9) for v in values]
+    left = budget - sum(c * r for c, r in zip(cost, ranks, strict=True))
+    by_theta = sorted(range(count), key=lambda i: -theta[i])
+    while True:
+        # floor_above[i]: the smallest rank among strictly more sensitive modules below their bound
+        floor_above = [math.inf] * count
+        lowest, position = math.inf, 0
+        while position < count:
+            tie_end = position
+            while tie_end < count and theta[by_theta[tie_end]] == theta[by_theta[position]]:
+                tie_end += 1
+            for i in by_theta[position:tie_end]:
+                floor_above[i] = lowest
+            for i in by_theta[position:tie_end]:
+                if ranks[i] < high[i]:
+                    lowest = min(lowest, ranks[i])
+            position = tie_end
+        candidates = [
+            i
+            for i in range(count)
+            if cost[i] <= left and ranks[i] + 1 <= high[i] + 1e-9 and floor_above[i] >= ranks[i] + 1
+        ]
+        if not candidates:
+            return ranks
+        best = min(candidates, key=lambda i: (-round(values[i] - ranks[i], 9), -theta[i], names[i]))
+        ranks[best] += 1
+        left -= cost[best]
+
+
+def _level_counts(num_groups: int, count: int) -> list[int]:
+    """Numbers of levels to try: C (at most the module count), then C + 1, C - 1, C + 2, ..."""
+    wanted = min(num_groups, count)
+    return sorted(range(1, count + 1), key=lambda k: (abs(k - wanted), k < wanted))
+
+
+def _top_level(count: int, rank_budget: int, levels: int, low: int, high: float) -> int | None:
+    """The top level L0 of a split into `levels` non-empty groups one apart meeting `rank_budget`, or None.
+
+    With boundaries b_1 < ... < b_{K-1} (b_j = modules in groups before j) the ranks sum to
+    n * L0 - sum_g g * s_g = n * L0 - (K - 1) * n + sum_j b_j, so S = sum_j b_j = (K - 1) n - n L0 + budget
+    must lie in [K (K - 1) / 2, (K - 1)(n - K) + K (K - 1) / 2] (every group non-empty). Among the L0 allowed
+    (with L0 <= high and L0 - K + 1 >= low) the one nearest avg + (K - 1) / 2 wins; a tie goes to the higher.
+    """
+    smallest = levels * (levels - 1) // 2
+    largest = smallest + (levels - 1) * (count - levels)
+    ideal = rank_budget / count + (levels - 1) / 2
+    allowed = [
+        top
+        for top in range(math.floor(ideal) - count - 1, math.ceil(ideal) + count + 2)
+        if smallest <= (levels - 1) * count - count * top + rank_budget <= largest
+        and top <= high
+        and top - levels + 1 >= low
+    ]
+    return min(allowed, key=lambda top: (abs(top - ideal), -top)) if allowed else None
+
+
+def _group_boundaries(count: int, levels: int, boundary_sum: int) -> list[int]:
+    """Integer boundaries b_j (j = 1..K-1), strictly increasing, in [j, n - K + j], summing to S, nearest
+    to the equal split j * n / K: shift all by one amount (clipped at the bounds, water-filling), then
+    largest-remainder rounding (ties to the later boundary, which keeps them strictly increasing)."""
+    if levels == 1:
+        return []
+    steps = range(1, levels)
+    values = _water_fill(
+        [j * count / levels for j in steps],
+        [1.0] * (levels - 1),
+        [1.0] * (levels - 1),
+        float(boundary_sum),
+        [float(j) for j in steps],
+        [float(count - levels + j) for j in steps],
+    )
+    bounds = [math.floor(v + 1e-9) for v in values]
+    order = sorted(range(levels - 1), key=lambda j: (-round(values[j] - bounds[j], 9), -j))
+    for j in order[: boundary_sum - sum(bounds)]:
+        bounds[j] += 1
+    return bounds
+
+
+def progressive_levels(
+    count: int, rank_budget: int, num_groups: int, low: int = 0, high: float = math.inf
+) -> list[int]:
+    """PRA ranks for `count` modules sorted by decreasing theta, summing to `rank_budget` exactly.
+
+    The ranks form K non-empty groups at levels L0, L0 - 1, ..., L0 - K + 1 (low <= level <= high), whole
+    groups in theta order; K = C when such a split exists, else the nearest count that has one (C + 1
+    before C - 1). One always exists for K = 1 or 2: floor and ceiling of the average.
+    """
+    for levels in _level_counts(num_groups, count):
+        top = _top_level(count, rank_budget, levels, low, high)
+        if top is not None:
             break
-        if cost[i] <= left and floors[i] + 1 <= high[i] + 1e-9 and remainders[i] > 1e-9:
-            floors[i] += 1
-            left -= cost[i]
-    return floors
+    else:  # unreachable when low * count <= rank_budget <= high * count
+        raise ValueError(f"no progressive split of {rank_budget} ranks over {count} modules within [{low}, {high}]")
+    boundaries = _group_boundaries(count, levels, (levels - 1) * count - count * top + rank_budget)
+    return [top - sum(1 for b in boundaries if b <= position) for position in range(count)]
 
 
-def _progressive_targets(order: list[int], avg_rank: float, num_groups: int) -> dict[int, float]:
-    """PRA: split the sorted modules into groups; group g gets avg + (C - 1) / 2 - g."""
-    count = len(order)
-    groups = min(num_groups, count)
-    size, extra = divmod(count, groups)
-    targets: dict[int, float] = {}
-    start = 0
-    for group in range(groups):
-        stop = start + size + (1 if group < extra else 0)
-        for i in order[start:stop]:
-            targets[i] = avg_rank + (groups - 1) / 2 - group
-        start = stop
-    return targets
+def effective_max_rank(max_rank: int | None, max_rank_factor: float | None, avg_rank: float) -> int | None:
+    """min(max_rank, floor(max_rank_factor * avg_rank)); a factor of 0 or None adds no cap."""
+    if max_rank_factor is None or max_rank_factor == 0:
+        return max_rank
+    if not max_rank_factor > 0:
+        raise ValueError(f"max_rank_factor must be positive (0: no cap), got {max_rank_factor}")
+    factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
+    return factor_cap if max_rank is None else min(max_rank, factor_cap)
+
+
+def check_budget_fits(
+    shapes: Mapping[str, tuple[int, int]], avg_rank: float, budget_unit: str, max_rank: int | None = None
+) -> None:
+    """Raise ValueError if the budget at `avg_rank` exceeds what the modules can hold.
+
+    A module holds at most its full rank min(d_in, d_out) (a LoRA rank above it only adds parameters),
+    and at most max_rank. Budget and capacity are counted in `budget_unit`: sum_w cost(w) * avg_rank
+    against sum_w cost(w) * min(d_in, d_out, max_rank), cost(w) = 1 ("rank") or d_in + d_out ("params").
+    Pure: the shapes can come from a sensitivity file or from the model's target layers.
+    """
+    _check_choice("budget unit", budget_unit, BUDGET_UNITS)
+    names = sorted(shapes)
+    cost = {n: 1 if budget_unit == "rank" else sum(shapes[n]) for n in names}
+    budget = round(avg_rank * sum(cost.values()))
+    full = {n: min(shapes[n]) for n in names}
+    full_capacity = sum(cost[n] * full[n] for n in names)
+    if budget > full_capacity:
+        smallest = min(names, key=lambda n: (full[n], n))
+        raise ValueError(
+            f"budget of {budget} {budget_unit} (avg_rank {avg_rank:g}) exceeds the {full_capacity} {budget_unit} of "
+            f"the {len(names)} modules' full ranks min(d_in, d_out) (e.g. {smallest!r}: {full[smallest]}); a LoRA "
+            f"rank above a matrix's full rank only adds parameters: lower avg_rank to at most "
+            f"{full_capacity // sum(cost.values())}"
+        )
+    if max_rank is not None and sum(cost[n] * min(full[n], max_rank) for n in names) < budget:
+        raise ValueError(
+            f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "
+            f"{len(names)} modules; raise max_rank or lower avg_rank"
+        )
 
 
 def allocate_ranks(
@@ -271,10 +412,10 @@ def allocate_ranks(
     *,
     avg_rank: float,
     scheme: str = "sra",
-    budget_unit: str = "rank",
+    budget_unit: str = "params",
     min_rank: int = 1,
     max_rank: int | None = None,
-    max_rank_factor: float | None = None,
+    max_rank_factor: float | None = DEFAULT_MAX_RANK_FACTOR,
     weighting: str = "cv",
     metrics: Sequence[str] = METRIC_GROUPS,
     num_groups: int = 3,
@@ -284,13 +425,14 @@ def allocate_ranks(
 
     Args:
         sensitivities: per-module metrics, keyed by full module name.
-        avg_rank: average rank; the budget is avg_rank * number of modules ("rank") or
-            avg_rank * sum(d_in + d_out) parameters ("params"), i.e. uniform LoRA's.
+        avg_rank: average rank; the budget is avg_rank * sum(d_in + d_out) parameters ("params", uniform
+            LoRA's count) or avg_rank * number of modules ("rank", the paper's unit).
         scheme: "sra" (proportional to theta) or "pra" (progressive groups).
-        budget_unit: "rank" or "params".
+        budget_unit: "params" (default) or "rank".
         min_rank: smallest rank (0 allowed: such a module gets no adapter).
         max_rank: largest rank, or None.
-        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank) (EVA uses 2), or None.
+        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank) (default 2, as EVA); 0 or
+            None: no cap, as in the paper.
         weighting: "cv" (std/mean^2) or "equal" (0.5/mean).
         metrics: which of "global" and "local" enter theta (the paper's ablations use one).
         num_groups: number of groups C for "pra".
@@ -298,11 +440,14 @@ def allocate_ranks(
             budget and more than 4x the average share; None disables the check.
 
     Returns:
-        An Allocation with integer ranks whose budget is met exactly in the "rank" unit.
+        An Allocation with integer ranks, each at most the module's full rank min(d_in, d_out); the
+        budget is met exactly in the "rank" unit and as closely as monotone ranks allow, from below, in
+        the "params" unit.
 
     Raises:
         ValueError: unknown option, non-positive budget, inconsistent bounds, a budget too small for
-            min_rank (or too large for max_rank) on every module, NaN/inf or negative metrics.
+            min_rank on every module, too large for max_rank or for the modules' full ranks, NaN/inf or
+            negative metrics.
     """
     _check_choice("scheme", scheme, SCHEMES)
     _check_choice("budget unit", budget_unit, BUDGET_UNITS)
@@ -316,11 +461,7 @@ def allocate_ranks(
         raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
     if not isinstance(min_rank, int) or min_rank < 0:
         raise ValueError(f"min_rank must be an integer >= 0, got {min_rank}")
-    if max_rank_factor is not None:
-        if not max_rank_factor > 0:
-            raise ValueError(f"max_rank_factor must be positive, got {max_rank_factor}")
-        factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
-        max_rank = factor_cap if max_rank is None else min(max_rank, factor_cap)
+    max_rank = effective_max_rank(max_rank, max_rank_factor, avg_rank)
     if max_rank is not None and (not isinstance(max_rank, int) or max_rank < max(1, min_rank)):
         raise ValueError(f"max_rank must be an integer >= max(1, min_rank={min_rank}), got {max_rank}")
     if scheme == "pra" and (not isinstance(num_groups, int) or num_groups < 1):
@@ -330,35 +471,42 @@ def allocate_ranks(
         if item.trace < 0 or item.topk < 0 or item.effective_rank < 0:
             raise ValueError(f"module {item.name!r}: sensitivity metrics must be >= 0")
 
+    # Budget and bounds: every module between min_rank (or its full rank, if smaller) and
+    # min(max_rank, full rank).
     names = sorted(sensitivities)
     shapes = {n: (sensitivities[n].d_in, sensitivities[n].d_out) for n in names}
     cost = [1 if budget_unit == "rank" else sum(shapes[n]) for n in names]
     budget = round(avg_rank * sum(cost))
-    floor_cost = min_rank * sum(cost)
+    full = [min(shapes[n]) for n in names]
+    high = [float(f if max_rank is None else min(max_rank, f)) for f in full]
+    low = [float(min(min_rank, h)) for h in high]
+    floor_cost = sum(c * lo for c, lo in zip(cost, low, strict=True))
     if floor_cost > budget:
         raise ValueError(
             f"budget of {budget} {budget_unit} is too small to give min_rank={min_rank} to all "
-            f"{len(names)} modules (needs {floor_cost}); raise avg_rank or lower min_rank"
+            f"{len(names)} modules (needs {floor_cost:g}); raise avg_rank or lower min_rank"
         )
-    if max_rank is not None and max_rank * sum(cost) < budget:
-        raise ValueError(
-            f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "
-            f"{len(names)} modules; raise max_rank or lower avg_rank"
-        )
+    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
 
     theta_by_name, weights = fuse_scores(sensitivities, weighting=weighting, metrics=metrics)
     uniform_fallback = all(theta_by_name[n] == 0.0 for n in names)
     theta = [1.0 if uniform_fallback else theta_by_name[n] for n in names]
-    high = [float(max_rank) if max_rank is not None else math.inf for _ in names]
 
+    # Real ranks: proportional to theta (SRA) or progressive levels shifted to the budget (PRA), clipped
+    # to the bounds with the excess re-spread; then integer ranks monotone in theta.
     if scheme == "sra" or uniform_fallback:  # nothing informative: uniform, whatever the scheme
         base, slope = [0.0] * len(names), theta
     else:
         order = sorted(range(len(names)), key=lambda i: (-theta[i], names[i]))
-        targets = _progressive_targets(order, float(avg_rank), num_groups)
-        base, slope = [targets[i] for i in range(len(names))], [1.0] * len(names)
-    values = _water_fill(base, slope, [float(c) for c in cost], float(budget), float(min_rank), high)
-    ranks = _round_largest_remainder(names, values, theta, cost, budget, high)
+        rank_budget = round(avg_rank * len(names))
+        cap = math.inf if max_rank is None else max_rank
+        levels = progressive_levels(len(names), rank_budget, num_groups, min_rank, cap)
+        base = [0.0] * len(names)
+        for position, i in enumerate(order):
+            base[i] = float(levels[position])
+        slope = [1.0] * len(names)
+    values = _water_fill(base, slope, [float(c) for c in cost], float(budget), low, high)
+    ranks = _round_monotone(names, values, theta, cost, budget, high)
     used = sum(c * r for c, r in zip(cost, ranks, strict=True))
 
     allocation = Allocation(
@@ -397,9 +545,10 @@ def warn_if_dominated(allocation: Allocation, share: float = DEFAULT_DOMINANCE_S
     name, held = largest_share(allocation)
     if held > share and held > 4.0 / len(allocation.ranks):
         warnings.warn(
-            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks); cap ranks "
-            "(max_rank_factor=2) or leave the module out. Causes seen: a freshly initialised task head "
-            "(loss-based estimators; warm it up first) and outlier activations (activation estimator).",
+            f"module {name!r} takes {held:.0%} of the rank budget ({allocation.ranks[name]} ranks); keep "
+            "ranks capped (max_rank_factor=2, the default) or leave the module out. Causes seen: a freshly "
+            "initialised task head (loss-based estimators; warm it up first) and outlier activations (activation "
+            "estimator).",
             DominanceWarning,
             stacklevel=3,
         )

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from senslora.allocation import BUDGET_UNITS, METRIC_GROUPS, SCHEMES, WEIGHTINGS
+from senslora.allocation import BUDGET_UNITS, DEFAULT_MAX_RANK_FACTOR, METRIC_GROUPS, SCHEMES, WEIGHTINGS
 from senslora.io import read_text
 from senslora.methods import METHODS
 from senslora.peft_export import ALPHA_MODES
@@ -37,11 +37,10 @@ def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -
     return field(default=default, metadata=metadata)
 
 
-# Safeguards of the loss-based estimators against a freshly initialised task head, on unless set explicitly
+# Safeguard of the loss-based estimators against a freshly initialised task head, on unless set explicitly
 # (chosen by the head benchmark in BENCHMARKS.md).
 LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
 DEFAULT_HEAD_WARMUP_STEPS = 50
-DEFAULT_LOSS_RANK_FACTOR = 2.0
 
 
 def effective_head_warmup_steps(steps: int | None, estimator: str, task: str) -> int:
@@ -54,12 +53,9 @@ def effective_head_warmup_steps(steps: int | None, estimator: str, task: str) ->
     return DEFAULT_HEAD_WARMUP_STEPS if task in ("classification", "regression") else 0
 
 
-def effective_max_rank_factor(factor: float | None, estimator: str | None) -> float | None:
-    """The cap factor to allocate with: `factor` if given (0: no cap), else DEFAULT_LOSS_RANK_FACTOR for a
-    loss-based estimator and no cap otherwise."""
-    if factor is None:
-        return DEFAULT_LOSS_RANK_FACTOR if estimator in LOSS_BASED_ESTIMATORS else None
-    return None if factor == 0 else factor
+def effective_max_rank_factor(factor: float | None) -> float | None:
+    """The cap factor to allocate with, for every estimator: `factor`, or None (no cap) for 0 or none."""
+    return None if factor is None or factor == 0 else factor
 
 
 @dataclass
@@ -109,16 +105,19 @@ class RunConfig:
     )
     restore_warmed_head: bool = option(False, "after the sensitivity pass, put back the head as it was before warm-up")
     # allocation
-    avg_rank: int = option(4, "average LoRA rank (the budget is avg_rank x number of modules)")
+    avg_rank: int = option(4, "average LoRA rank: uniform LoRA's rank, the budget of senslora")
     scheme: str = option("sra", "allocation scheme", choices=SCHEMES)
-    budget_unit: str = option("rank", "budget unit", choices=BUDGET_UNITS)
+    budget_unit: str = option(
+        "params",
+        "params: uniform LoRA's parameter count avg_rank x sum(d_in + d_out); rank: avg_rank x number of "
+        "modules (the paper's)",
+        choices=BUDGET_UNITS,
+    )
     min_rank: int = option(1, "smallest rank (0 leaves a module out)")
-    max_rank: int | None = option(None, "largest rank (none: no cap)")
+    max_rank: int | None = option(None, "largest rank (none: no cap; never above a module's min(d_in, d_out))")
     max_rank_factor: float | None = option(
-        None,
-        "cap every rank at floor(factor x avg_rank) (EVA uses 2); default: "
-        f"{DEFAULT_LOSS_RANK_FACTOR:g} for the loss-based estimators (fisher, hutchinson, kfac, gradient_spectrum), "
-        "no cap for activation and obd; 0: no cap",
+        DEFAULT_MAX_RANK_FACTOR,
+        "cap every rank at floor(factor x avg_rank), for every estimator (EVA uses 2); 0: no cap, as in the paper",
     )
     weighting: str = option("cv", "fusion weights: cv = std/mean^2, equal = 0.5/mean", choices=WEIGHTINGS)
     metrics: list[str] = option(list(METRIC_GROUPS), "metric groups fused into theta", choices=METRIC_GROUPS)

@@ -7,7 +7,9 @@
   which `senslora.engine` does (a Trainer callback);
 - `eva`: PEFT EVA, forward-only SVD of layer inputs at initialisation, ranks redistributed within the
   uniform budget (rho = 2 caps a module at twice the average).
-Budgets are equal in rank units; the trainable parameter count of each is reported exactly.
+At the same avg_rank uniform LoRA trains avg_rank * sum(d_in + d_out) adapter parameters, which is
+senslora's default budget (the params unit); the trainable parameter count of each is reported exactly.
+A uniform rank (AdaLoRA: its initial rank) above a target's full rank min(d_in, d_out) is refused.
 """
 
 from __future__ import annotations
@@ -71,6 +73,39 @@ def target_module_names(model: nn.Module, target_modules: str | Sequence[str] | 
     return [layer.name for layer in find_target_layers(model, target_modules)]
 
 
+def target_shapes(model: nn.Module, target_modules: str | Sequence[str] | None) -> dict[str, tuple[int, int]]:
+    """(d_in, d_out) of every target layer, by full name."""
+    return {layer.name: (layer.d_in, layer.d_out) for layer in find_target_layers(model, target_modules)}
+
+
+def uniform_rank(method: str, avg_rank: int) -> int:
+    """The rank every target gets from a uniform method: avg_rank, or AdaLoRA's init_r = ceil(1.5 avg_rank)."""
+    return math.ceil(1.5 * avg_rank) if method == "adalora" else avg_rank
+
+
+def largest_uniform_avg_rank(method: str, full_rank: int) -> int:
+    """The largest avg_rank whose uniform rank fits `full_rank` (AdaLoRA: ceil(1.5 a) <= full_rank)."""
+    return (2 * full_rank) // 3 if method == "adalora" else full_rank
+
+
+def uniform_lora_adapter_parameters(shapes: dict[str, tuple[int, int]], avg_rank: int) -> int:
+    """Uniform LoRA's adapter parameter count on these targets: avg_rank * sum(d_in + d_out)."""
+    return avg_rank * sum(d_in + d_out for d_in, d_out in shapes.values())
+
+
+def check_uniform_rank_fits(method: str, avg_rank: int, shapes: dict[str, tuple[int, int]]) -> None:
+    """Raise ValueError if a uniform method's rank exceeds the full rank min(d_in, d_out) of a target."""
+    rank = uniform_rank(method, avg_rank)
+    name = min(shapes, key=lambda n: (min(shapes[n]), n))
+    if rank > min(shapes[name]):
+        what = f"init_r {rank} = ceil(1.5 x avg_rank)" if method == "adalora" else f"rank {rank}"
+        raise ValueError(
+            f"method {method!r} gives every target {what}, but {name!r} (d_in, d_out) = {shapes[name]} has full "
+            f"rank {min(shapes[name])} = min(d_in, d_out); a larger rank only adds parameters: lower avg_rank to at "
+            f"most {largest_uniform_avg_rank(method, min(shapes[name]))}"
+        )
+
+
 def _eva_layer_rows(layer_input: Any, token_indices: Any, layer_name: str) -> Any:
     """EVA's SVD input for one layer: non-padding token rows, or one row per example (BERT's pooler)."""
     x = layer_input[0] if isinstance(layer_input, tuple | list) else layer_input
@@ -116,7 +151,9 @@ def build_peft_model(
             raise ValueError(f"the ranks name modules this model does not have, e.g. {missing[0]!r}")
         config = to_lora_config(allocation, lora_alpha=lora_alpha, alpha_mode=alpha_mode, **common)
         return get_peft_model(model, config)
-    names = target_module_names(model, target_modules)
+    shapes = target_shapes(model, target_modules)
+    check_uniform_rank_fits(method, avg_rank, shapes)
+    names = list(shapes)
     if method == "lora":
         return get_peft_model(model, LoraConfig(r=avg_rank, lora_alpha=lora_alpha, target_modules=names, **common))
     if method == "adalora":
@@ -124,7 +161,7 @@ def build_peft_model(
             raise ValueError("method 'adalora' needs the total number of training steps (at least 10)")
         tinit, tfinal = max(1, total_steps // 10), max(1, total_steps // 5)
         config = AdaLoraConfig(
-            init_r=math.ceil(1.5 * avg_rank),
+            init_r=uniform_rank(method, avg_rank),
             target_r=avg_rank,
             lora_alpha=lora_alpha,
             target_modules=names,

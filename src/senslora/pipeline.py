@@ -26,7 +26,7 @@ import datasets
 import torch
 from torch import nn
 
-from senslora.allocation import Allocation, allocate_ranks
+from senslora.allocation import Allocation, allocate_ranks, check_budget_fits, effective_max_rank
 from senslora.config import RunConfig, effective_head_warmup_steps, effective_max_rank_factor
 from senslora.data import DataSpec, TaskData, calibration_subset, load_calibration_source, load_task_data
 from senslora.distributed import (
@@ -42,7 +42,13 @@ from senslora.engine import STATE_FOLDER, check_resumable, checkpoints, train
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
-from senslora.methods import build_peft_model, count_parameters
+from senslora.methods import (
+    build_peft_model,
+    check_uniform_rank_fits,
+    count_parameters,
+    target_shapes,
+    uniform_lora_adapter_parameters,
+)
 from senslora.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
 from senslora.models import (
     GENERATIVE_TASKS,
@@ -310,9 +316,9 @@ def run_sensitivity(
 def run_allocation(
     config: RunConfig, sensitivities: dict[str, ModuleSensitivity], estimator: str | None = None
 ) -> Allocation:
-    """Allocate with the run's options; `estimator` (default the config's) decides the default rank cap,
-    and a `gradient_spectrum` sensitivity is allocated by `allocate_spectrum_ranks` (scheme, weighting
-    and metrics do not apply to it)."""
+    """Allocate with the run's options; a `gradient_spectrum` sensitivity (the config's estimator, or
+    `estimator` when the sensitivity came from a file) is allocated by `allocate_spectrum_ranks` (scheme,
+    weighting and metrics do not apply to it)."""
     if (estimator or config.estimator) == "gradient_spectrum":
         return allocate_spectrum_ranks(
             sensitivities,
@@ -320,7 +326,7 @@ def run_allocation(
             budget_unit=config.budget_unit,
             min_rank=config.min_rank,
             max_rank=config.max_rank,
-            max_rank_factor=effective_max_rank_factor(config.max_rank_factor, "gradient_spectrum"),
+            max_rank_factor=effective_max_rank_factor(config.max_rank_factor),
         )
     return allocate_ranks(
         sensitivities,
@@ -329,7 +335,7 @@ def run_allocation(
         budget_unit=config.budget_unit,
         min_rank=config.min_rank,
         max_rank=config.max_rank,
-        max_rank_factor=effective_max_rank_factor(config.max_rank_factor, estimator or config.estimator),
+        max_rank_factor=effective_max_rank_factor(config.max_rank_factor),
         weighting=config.weighting,
         metrics=tuple(config.metrics),
         num_groups=config.num_groups,
@@ -380,6 +386,28 @@ def check_allocation_fits(model: nn.Module, allocation: Allocation, source: str 
                 f"ranks file {str(source)!r} does not fit this model: module {name!r} is (d_in, d_out) = "
                 f"{tuple(shape)} here but {expected} in the file (was it computed for another model?)"
             )
+        if allocation.ranks[name] > min(shape):
+            raise ValueError(
+                f"ranks file {str(source)!r}: module {name!r} gets rank {allocation.ranks[name]}, above its full rank "
+                f"{min(shape)} = min(d_in, d_out)"
+            )
+
+
+def check_ranks_fit(config: RunConfig, model: nn.Module, allocation: Allocation | None) -> None:
+    """Raise ValueError if the run's ranks cannot fit the model's target layers (right after loading).
+
+    senslora: the budget must fit the targets' full ranks min(d_in, d_out) (and max_rank); a ranks file
+    was already checked by `check_allocation_fits`. lora / eva: avg_rank, adalora: init_r, must not exceed
+    any target's full rank.
+    """
+    if config.method == "senslora":
+        if allocation is None:
+            max_rank = effective_max_rank(
+                config.max_rank, effective_max_rank_factor(config.max_rank_factor), config.avg_rank
+            )
+            check_budget_fits(target_shapes(model, config.targets), config.avg_rank, config.budget_unit, max_rank)
+        return
+    check_uniform_rank_fits(config.method, config.avg_rank, target_shapes(model, config.targets))
 
 
 def check_run_dir(run_dir: Path, *, overwrite: bool, resume: bool) -> None:
@@ -533,6 +561,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     prepared = prepare(config, data)
     if allocation is not None and config.method == "senslora":
         check_allocation_fits(prepared.model, allocation, ranks_source)
+    check_ranks_fit(config, prepared.model, allocation)
     data, tokenizer = prepared.data, prepared.tokenizer
     train_set = tokenize_dataset(data.train, tokenizer, data, max_length=config.max_length)
     validation_set = tokenize_dataset(data.validation, tokenizer, data, max_length=config.max_length)
@@ -557,6 +586,8 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     if config.method == "eva" and batches is None:
         batches = calibration_batches(config, prepared, calibration_data)
     total_steps = total_training_steps(len(train_set), config.training())
+    # the targets' shapes, read before PEFT wraps them (for uniform LoRA's parameter count at this rank)
+    shapes = allocation.shapes if config.method == "senslora" else target_shapes(prepared.model, config.targets)
     torch.manual_seed(config.seed)
     setup_start = time.perf_counter()  # for EVA this includes its SVD pass over the calibration batches
     model = build_peft_model(
@@ -575,10 +606,12 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     )
     adapter_setup_seconds = time.perf_counter() - setup_start
     parameters = count_parameters(model)
+    uniform_parameters = uniform_lora_adapter_parameters(shapes, config.avg_rank)
     if main:
         print(
             f"{config.method}: {parameters.adapter:,} adapter + {parameters.other_trainable:,} head parameters "
-            f"trainable of {parameters.total:,}"
+            f"trainable of {parameters.total:,}; uniform LoRA at rank {config.avg_rank} on the same "
+            f"{len(shapes)} targets: {uniform_parameters:,} adapter parameters"
         )
     side = sidecar(allocation, sensitivities, sensitivity_metadata)
 
@@ -621,6 +654,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         "history": result.history,
         "parameters": parameters.to_dict(),
         "allocation_param_count": allocation.param_count if allocation is not None else None,
+        "uniform_lora_adapter_params": uniform_parameters,
         "sensitivity_seconds": sensitivity_seconds,
         "train_seconds": result.train_seconds,
         "sensitivity_to_train_ratio": sensitivity_seconds / result.train_seconds if result.train_seconds else None,

@@ -708,9 +708,10 @@ def write_report(
         if output_dir is not None
         else (inputs.source if inputs.source.is_dir() else inputs.source.parent)
     )
+    unit = "ranks" if allocation.budget_unit == "rank" else "parameters"
     title = (
         f"LoRA ranks of {len(allocation.ranks)} modules: average {format_number(allocation.avg_rank)}, "
-        f"{allocation.scheme}, budget {allocation.budget} {allocation.budget_unit}s"
+        f"{allocation.scheme}, budget {allocation.budget:,} {unit}"
     )
     if not overwrite:
         for name in (RANK_MAP_FILE, METRICS_FILE, HTML_FILE, MARKDOWN_FILE):
