@@ -204,3 +204,11 @@ def test_shipped_accelerate_configs_parse():
         config = ClusterConfig.from_yaml_file(str(path))  # refuses keys Accelerate does not know
         assert config.num_processes >= 1, path
         assert str(config.distributed_type).split(".")[-1] in ("MULTI_GPU", "MULTI_CPU", "FSDP", "DEEPSPEED"), path
+
+
+def test_quiet_training_prints_nothing(tmp_path, capsys):
+    """progress=False: no progress bar and none of Trainer's printed log dicts (log.jsonl keeps them)."""
+    _trained_state(tmp_path, batch_size=8, log_every=1)
+    captured = capsys.readouterr()
+    assert "'loss'" not in captured.out and "'loss'" not in captured.err
+    assert '"loss"' in (tmp_path / "log.jsonl").read_text()

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import safe_globals
 
 from senslora import training
@@ -598,6 +598,8 @@ def train(
         **(trainer_kwargs or {}),
     )
     trainer.add_callback(GuardCallback(trainer))
+    if not progress:  # Trainer prints every log dict when its progress bar is off; log.jsonl has them
+        trainer.remove_callback(PrinterCallback)
     if adalora:
         trainer.add_callback(AdaLoraCallback(model))
     if config.early_stopping_patience:
