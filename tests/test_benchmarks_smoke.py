@@ -28,7 +28,10 @@ def test_smoke_profile_runs_resumes_and_summarizes(tmp_path):
         assert len(result["ranks"]) == 37 and result["parameters"]["adapter"] > 0
         assert result["peak_rss_mb"] > 0 and result["versions"]["senslora"]
     assert set(results["smoke-lora"]["ranks"].values()) == {4}
-    assert sum(results["smoke-senslora"]["ranks"].values()) == 4 * 37
+    # the default budget: uniform LoRA's adapter parameters, spent to within one rank of MiniLM's costliest
+    # module (384 + 1536), with no rank above twice the average
+    lora, senslora = (results[f"smoke-{m}"]["parameters"]["adapter"] for m in ("lora", "senslora"))
+    assert lora - 1920 < senslora <= lora and max(results["smoke-senslora"]["ranks"].values()) <= 8
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "2 done already, 0 to run" in again.stdout  # resumable
     summary = subprocess.run(
