@@ -1146,15 +1146,16 @@ def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
 
 def sensitivity_set(traces, topks, ranks) -> dict[str, ModuleSensitivity]:
     return {
-        f"m{i:02d}": ModuleSensitivity(f"m{i:02d}", 8, 8, float(t), float(k), int(r), 8)
+        f"m{i:02d}": ModuleSensitivity(f"m{i:02d}", 64, 64, float(t), float(k), int(r), 8)  # full rank 64
         for i, (t, k, r) in enumerate(zip(traces, topks, ranks, strict=True))
     }
 
 
 def allocate_quietly(sensitivities, **options):
+    """allocate_ranks in the paper's settings (a budget in ranks, no cap) unless told otherwise."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DominanceWarning)
-        return allocate_ranks(sensitivities, **options)
+        return allocate_ranks(sensitivities, **({"budget_unit": "rank", "max_rank_factor": 0} | options))
 
 
 scores = st.lists(st.floats(min_value=0.01, max_value=100.0), min_size=2, max_size=12)
