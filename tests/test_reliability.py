@@ -416,7 +416,7 @@ CATALOGUE = [
     ("save-steps-zero", "finetune", ["--save-steps", "0"], "save_steps must be", "early"),
     ("eval-steps-zero", "finetune", ["--eval-steps", "0"], "eval_steps must be", "early"),
     ("early-stopping-patience-zero", "finetune", ["--early-stopping-patience", "0"], "patience must be", "early"),
-    ("report-to-unknown", "finetune", ["--report-to", "slack"], "'slack' is not allowed", "early"),
+    ("report-to-unknown", "finetune", ["--report-to", "slack"], "invalid choice", "parse"),
     ("report-to-none-and-more", "finetune", ["--report-to", "none", "tensorboard"], "excludes every", "early"),
     ("log-every-zero", "finetune", ["--log-every", "0"], "log_every must be an integer >= 1", "early"),
     ("lora-dropout-one", "finetune", ["--lora-dropout", "1"], "lora_dropout must lie in [0, 1)", "early"),
