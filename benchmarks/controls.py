@@ -84,7 +84,7 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
     epochs x ceil(train examples / batch size) steps over the training set in a seeded order per epoch,
     i.e. as many steps as the adapter runs take.
     """
-    from senslora.head_warmup import task_head_parameters, warm_up_head
+    from senslora.head_warmup import warm_up_head
     from senslora.pipeline import evaluate_on_validation, load_data, prepare
     from senslora.tokenization import make_batches, make_collator, tokenize_dataset
 
@@ -104,9 +104,8 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
         warm = warm_up_head(
             prepared.model, batches, steps=steps, learning_rate=config.learning_rate, seed=config.seed, progress=False
         )
-        head_count = sum(p.numel() for p in task_head_parameters(prepared.model).values())
         record |= {"steps": steps, "loss_first": warm["loss_first"], "loss_last": warm["loss_last"]}
-        record["head_parameters"] = head_count
+        record["head_parameters"] = warm["parameter_count"]
     metrics = evaluate_on_validation(config, prepared, prepared.model)
     return {"baseline": record, "validation": metrics, "main_metric": prepared.data.main_metric}
 
