@@ -1,6 +1,6 @@
 """Summarise the `evidence` profile: does allocation matter on each test bed, and does senslora win there?
 
-    python benchmarks/summarize_evidence.py     # writes benchmarks/results/evidence/summary.md + PNGs
+    python benchmarks/summarize_evidence.py     # writes benchmarks/results/evidence/summary.md + budget.png
 
 For every test bed (a results group), paired by seed:
 - "allocation matters": the gain of senslora over its own ranks in reverse theta order (`inverse`) and
@@ -10,6 +10,12 @@ For every test bed (a results group), paired by seed:
   standard deviation.
 - "senslora vs tuned LoRA": each method at its own best learning rate (best mean over seeds), gain paired
   by seed.
+
+`budget.png` draws MiniLM's validation accuracy against the average rank: the evidence beds (ranks 1 and 2:
+`params` unit, min_rank 0, 2x cap) and the `full` profile's main tables (ranks 2, 4 and 8: `params` unit,
+min_rank 1, uncapped activation), tuned LoRA and senslora each at its best learning rate, the inverse and
+shuffled controls at theirs, and the frozen encoder with its head trained alone; bars are one standard
+deviation over seeds.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "evidence"
+FULL_RESULTS = HERE / "results" / "full"
+FULL_GROUPS = ("main", "rank8", "half_budget", "ablation")  # the full profile's MiniLM rows on the budget plot
 LOWER_IS_BETTER = {"perplexity", "loss"}
 
 
@@ -64,6 +72,7 @@ def fmt(values: list[float], digits: int = 4) -> str:
     if not values:
         return "-"
     mean, std = mean_std(values)
+    mean = round(mean, digits) + 0.0  # no "-0.0000" for a rounding residue
     return f"{mean:+.{digits}f} ± {std:.{digits}f} (n={len(values)})"
 
 
@@ -144,6 +153,13 @@ def summarize(results: list[dict[str, Any]]) -> str:
             f"| {bed} | {metric} | {fmt(inverse)} | {fmt(shuffled)} | {'yes' if discriminates else 'no'} "
             f"| {fmt(versus)} | {sens_cell} | {lora_cell} | {fmt_plain(baseline)} |"
         )
+    lines += ["", "## Cost of each test bed (sum over its finished runs)", ""]
+    lines += ["| test bed | runs | wall hours | hours per run |", "|---|---:|---:|---:|"]
+    for group in sorted({r["group"] for r in results}):
+        walls = [r["wall_seconds"] / 3600 for r in results if r["group"] == group and "wall_seconds" in r]
+        if walls:
+            name = group.removeprefix("evidence-")
+            lines.append(f"| {name} | {len(walls)} | {sum(walls):.2f} | {statistics.fmean(walls):.2f} |")
     lines += ["", "## Every cell (mean ± std over seeds)", ""]
     lines += ["| test bed | variant | lr | metric | seeds | per seed |", "|---|---|---:|---|---:|---|"]
     for (bed, name, lr), seeds in sorted(table.items()):
@@ -152,15 +168,105 @@ def summarize(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def full_profile_variant(result: dict[str, Any]) -> str | None:
+    """lora, senslora or shuffled for the full profile's plain activation rows; None for anything else."""
+    overrides = result["overrides"]
+    if result["group"] not in FULL_GROUPS or overrides.get("model") != "minilm":
+        return None
+    if overrides["method"] == "lora":
+        return "lora"
+    plain = {"model", "data", "max_validation_examples", "max_train_examples", "epochs", "method", "estimator"}
+    plain |= {"budget_unit", "seed", "learning_rate", "avg_rank", "max_rank_factor"}
+    if overrides["method"] != "senslora" or overrides.get("estimator") != "activation":
+        return None
+    if overrides.get("budget_unit") != "params":
+        return None
+    if "ranks" in overrides:
+        return "shuffled" if set(overrides) - {"ranks"} <= plain else None
+    return "senslora" if set(overrides) <= plain else None
+
+
+def budget_points(evidence: list[dict[str, Any]], full: list[dict[str, Any]]) -> dict[str, dict[int, list[float]]]:
+    """variant -> {average rank: accuracies over seeds}, each variant at its best learning rate per rank.
+
+    The evidence beds give ranks 1 and 2 (min_rank 0, 2x cap); the full profile ranks 2, 4 and 8 (min_rank
+    1, uncapped) where the evidence beds have no rank: its `senslora` points are the paper's setting.
+    """
+    by_cell: dict[tuple[str, int, float], dict[int, float]] = defaultdict(dict)
+    evidence_ranks = set()
+    for result in evidence:
+        name, config = variant(result), result["config"]
+        if not result["group"].startswith("evidence-minilm-r"):
+            continue
+        evidence_ranks.add(config["avg_rank"])
+        by_cell[(name, config["avg_rank"], config["learning_rate"])][config["seed"]] = metric_of(result)[1]
+    for result in full:
+        name, config = full_profile_variant(result), result["config"]
+        if name is None or config["avg_rank"] in evidence_ranks:
+            continue
+        by_cell[(name, config["avg_rank"], config["learning_rate"])][config["seed"]] = metric_of(result)[1]
+    points: dict[str, dict[int, list[float]]] = defaultdict(dict)
+    for name, rank in {(n, r) for n, r, _ in by_cell}:
+        options = {lr: seeds for (n, r, lr), seeds in by_cell.items() if n == name and r == rank}
+        most = max(len(seeds) for seeds in options.values())
+        best = max(
+            (lr for lr, seeds in options.items() if len(seeds) == most),
+            key=lambda lr: statistics.fmean(options[lr].values()),
+        )
+        points[name][rank] = list(options[best].values())
+    return points
+
+
+def plot_budget(points: dict[str, dict[int, list[float]]], head_only: list[float], path: Path) -> None:
+    """Accuracy against the average rank (log scale), one line per variant, the head-only band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    styles = {
+        "lora": ("uniform LoRA (tuned lr)", "tab:blue", "o", "-"),
+        "senslora": ("senslora, activation (best lr)", "tab:red", "s", "-"),
+        "inverse": ("control: senslora's ranks inverted", "tab:gray", "v", "--"),
+        "shuffled": ("control: senslora's ranks shuffled", "tab:olive", "^", "--"),
+    }
+    figure, axes = plt.subplots(figsize=(6.4, 4.2))
+    for name, (label, color, marker, line) in styles.items():
+        ranks = sorted(points.get(name, {}))
+        if not ranks:
+            continue
+        means = [statistics.fmean(points[name][r]) for r in ranks]
+        spreads = [mean_std(points[name][r])[1] for r in ranks]
+        axes.errorbar(ranks, means, yerr=spreads, label=label, color=color, marker=marker, linestyle=line, capsize=3)
+    if head_only:
+        mean, spread = mean_std(head_only)
+        axes.axhspan(mean - spread, mean + spread, color="black", alpha=0.08)
+        axes.axhline(mean, color="black", linewidth=1, linestyle=":", label="no adapter (head only)")
+    axes.set_xscale("log", base=2)
+    axes.set_xticks([1, 2, 4, 8], labels=["1", "2", "4", "8"])
+    axes.set_xlabel("average LoRA rank (equal adapter parameters per column)")
+    axes.set_ylabel("validation accuracy")
+    axes.set_title("MiniLM + Rotten Tomatoes: accuracy against the budget")
+    axes.legend(fontsize=8, loc="center right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    parser.add_argument("--full-results-dir", type=Path, default=FULL_RESULTS, help="the full profile's results")
     args = parser.parse_args(argv)
     results = load(args.results_dir)
     if not results:
         raise SystemExit(f"error: no results in {args.results_dir}")
     text = summarize(results)
     (args.results_dir / "summary.md").write_text(text)
+    full = load(args.full_results_dir) if args.full_results_dir.is_dir() else []
+    head_only = [metric_of(r)[1] for r in results if variant(r) == "head-only"]
+    plot_budget(budget_points(results, full), head_only, args.results_dir / "budget.png")
     print(text)
     return 0
 

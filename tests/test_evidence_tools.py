@@ -1,0 +1,101 @@
+"""The evidence profile's controls and summary, against hand-computed cases."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def tools():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import controls
+        import summarize_evidence
+
+        yield controls, summarize_evidence
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+SHAPES = {"q": (4, 4), "k": (4, 4), "v": (4, 4), "up": (4, 12), "down": (12, 4)}
+
+
+def test_inverse_reverses_ranks_within_each_cost_class(tools):
+    controls, _ = tools
+    ranks = {"q": 3, "k": 1, "v": 0, "up": 2, "down": 1}
+    theta = {"q": 0.9, "k": 0.5, "v": 0.1, "up": 0.7, "down": 0.2}
+    # class 8 (q, k, v): most sensitive q gets the smallest rank 0, v the largest 3; class 16: up gets 1, down 2
+    assert controls.inverse_within_cost(ranks, theta, SHAPES) == {"q": 0, "k": 1, "v": 3, "up": 1, "down": 2}
+
+
+def test_shuffle_keeps_each_cost_class_rank_multiset(tools):
+    controls, _ = tools
+    ranks = {"q": 3, "k": 1, "v": 0, "up": 2, "down": 1}
+    for seed in range(20):
+        shuffled = controls.shuffle_within_cost(ranks, SHAPES, seed)
+        assert sorted(shuffled[n] for n in ("q", "k", "v")) == [0, 1, 3]
+        assert sorted(shuffled[n] for n in ("up", "down")) == [1, 2]
+    assert len({tuple(controls.shuffle_within_cost(ranks, SHAPES, s).values()) for s in range(20)}) > 1
+
+
+def _result(group, overrides, seed, lr, value, metric="accuracy", avg_rank=1):
+    config = {"seed": seed, "learning_rate": lr, "avg_rank": avg_rank}
+    return {
+        "group": group,
+        "overrides": overrides,
+        "config": config,
+        "main_metric": metric,
+        "validation": {metric: value},
+        "wall_seconds": 360.0,
+    }
+
+
+def test_summary_pairs_by_seed_and_flags_a_discriminating_bed(tools):
+    _, summary = tools
+    sens = {"method": "senslora", "estimator": "activation"}
+    results = []
+    for seed, (s, inv, shuf) in enumerate([(0.80, 0.75, 0.79), (0.78, 0.74, 0.79), (0.82, 0.76, 0.80)]):
+        results.append(_result("evidence-x-r1", sens, seed, 2e-3, s))
+        results.append(_result("evidence-x-r1", sens | {"control": "inverse"}, seed, 2e-3, inv))
+        results.append(_result("evidence-x-r1", sens | {"control": "shuffled"}, seed, 2e-3, shuf))
+        results.append(_result("evidence-x-r1", {"method": "lora"}, seed, 2e-3, 0.70))
+        results.append(_result("evidence-x-r1", {"method": "lora"}, seed, 1e-3, 0.79 + seed * 0.01))
+    row = next(line for line in summary.summarize(results).splitlines() if line.startswith("| x-r1 "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # inverse gains 0.05, 0.04, 0.06: mean 0.05 > std 0.01 -> discriminates
+    assert cells[2] == "+0.0500 ± 0.0100 (n=3)"
+    assert cells[4] == "yes"
+    # tuned LoRA is lr 1e-3 (0.79, 0.80, 0.81); senslora - LoRA = 0.01, -0.02, 0.01
+    assert cells[5] == "+0.0000 ± 0.0173 (n=3)"
+    assert cells[7].endswith("(lr 0.001)")
+
+
+def test_perplexity_gain_is_positive_when_senslora_is_lower(tools):
+    _, summary = tools
+    assert summary.gain(10.0, 12.0, "perplexity") == 2.0
+    assert summary.gain(0.8, 0.7, "accuracy") == pytest.approx(0.1)
+
+
+def test_budget_points_take_each_variant_at_its_best_learning_rate(tools):
+    _, summary = tools
+    lora, sens = {"method": "lora"}, {"method": "senslora", "estimator": "activation"}
+    evidence = [
+        _result("evidence-minilm-r1", lora, 0, 1e-3, 0.70),
+        _result("evidence-minilm-r1", lora, 0, 2e-3, 0.75),
+        _result("evidence-minilm-r1", sens, 0, 2e-3, 0.74),
+    ]
+    plain = {"model": "minilm", "budget_unit": "params", "seed": 0, "max_rank_factor": 0}
+    full = [
+        _result("main", plain | {"method": "lora"}, 0, 1e-3, 0.79, avg_rank=4),
+        _result("main", plain | sens, 0, 1e-3, 0.78, avg_rank=4),
+        _result("ablation", plain | sens | {"scheme": "pra"}, 0, 1e-3, 0.10, avg_rank=4),  # not a plain row
+        _result("main", plain | {"method": "lora"}, 0, 1e-3, 0.10, avg_rank=1),  # rank the evidence bed has
+    ]
+    points = summary.budget_points(evidence, full)
+    assert points["lora"] == {1: [0.75], 4: [0.79]}
+    assert points["senslora"] == {1: [0.74], 4: [0.78]}
