@@ -39,13 +39,13 @@ sys.exit(code)
 """
 
 
-def run_once(source: Path, seed: int, run_dir: Path) -> dict:
-    """One `senslora finetune` with the defaults and `seed`, from the code in `source`."""
+def run_once(source: Path, seed: int, run_dir: Path, extra: list[str]) -> dict:
+    """One `senslora finetune` with the defaults, `extra` flags and `seed`, from the code in `source`."""
     env = {**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
         usage_path = Path(handle.name)
     command = [sys.executable, "-c", CHILD, str(usage_path), "finetune", "--seed", str(seed), "--no-progress"]
-    command += ["--overwrite", "--output-dir", str(run_dir)]
+    command += ["--overwrite", "--output-dir", str(run_dir), *extra]
     start = time.perf_counter()
     completed = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -54,6 +54,7 @@ def run_once(source: Path, seed: int, run_dir: Path) -> dict:
     usage = json.loads(usage_path.read_text())
     usage_path.unlink()
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    ranks_file = run_dir / "ranks.json"
     return {
         "seed": seed,
         "accuracy": metrics["validation"]["accuracy"],
@@ -63,6 +64,7 @@ def run_once(source: Path, seed: int, run_dir: Path) -> dict:
         "train_seconds_per_step": metrics["train_seconds"] / metrics["global_step"],
         "peak_rss_mb": usage["maxrss_mb"],
         "wall_seconds": wall,
+        "ranks": json.loads(ranks_file.read_text()).get("ranks") if ranks_file.exists() else None,
     }
 
 
@@ -94,6 +96,11 @@ def main() -> None:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "engine.json"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-dir", default=str(ROOT / "runs" / "bench-engine"))
+    parser.add_argument(
+        "--finetune-args",
+        default="--budget-unit params --max-rank-factor 2",
+        help="flags given to both engines (default: the settings both checkouts share, so that the ranks match)",
+    )
     args = parser.parse_args()
     output = Path(args.output)
     document = json.loads(output.read_text()) if output.exists() else {"runs": {}}
@@ -105,7 +112,8 @@ def main() -> None:
             if key in document["runs"]:
                 continue
             print(f"running {key}", flush=True)
-            document["runs"][key] = run_once(sources[engine], seed, Path(args.runs_dir) / key)
+            run_dir = Path(args.runs_dir) / key
+            document["runs"][key] = run_once(sources[engine], seed, run_dir, args.finetune_args.split())
             document["summary"] = summarize(document["runs"])
             document["command"] = "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:])
             output.parent.mkdir(parents=True, exist_ok=True)
