@@ -246,10 +246,17 @@ def assert_same_sensitivities(actual_json: str, expected: dict[str, senslora.Mod
         assert actual[name].num_entries == item.num_entries, name
 
 
-def launch_two_processes(program: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
-    """Run `program` (a script and its arguments, or -m module ...) as 2 CPU processes under torchrun."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    command += ["--master_port", str(free_port()), *program]
+def launch_two_processes(
+    program: list[str], timeout: int = 240, accelerate_config: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run `program` (a script and its arguments, or -m module ...) as 2 CPU processes under torchrun, or
+    under `accelerate launch --config_file accelerate_config` when one is given."""
+    if accelerate_config is None:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+        command += ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *program]
+    else:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config)]
+        command += ["--main_process_port", str(free_port()), *program]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     # A new session, so that on a hang the launcher and both workers are ended together.
     launcher = subprocess.Popen(
@@ -398,3 +405,76 @@ def test_torchrun_finetune_equals_one_process_with_twice_the_batch(
     for name, expected in one_weights.items():
         torch.testing.assert_close(two_weights[name], expected, rtol=1e-4, atol=1e-5, msg=name)
     assert two_metrics["validation"]["accuracy"] == pytest.approx(one_metrics["validation"]["accuracy"])
+
+
+FSDP_ON_CPU = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+machine_rank: 0
+mixed_precision: 'no'
+rdzv_backend: static
+same_network: true
+use_cpu: true
+fsdp_config:
+  fsdp_version: 2
+  fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP
+  fsdp_state_dict_type: FULL_STATE_DICT
+  fsdp_cpu_ram_efficient_loading: false
+"""
+
+
+@pytest.mark.distributed
+def test_accelerate_fsdp_config_on_cpu_warns_and_trains_as_data_parallel(
+    dropout_free_bert_dir, sentiment_csv, tmp_path
+):
+    """`accelerate launch` with an FSDP config on the CPU: Accelerate does not shard there (it enables FSDP
+    for accelerators only), so the run is data parallel; senslora says so, and the result is the one of a
+    single process with the global batch (losses and adapter), like the torchrun test above."""
+    from safetensors.torch import load_file
+
+    from senslora.cli import main
+    from senslora.engine import FSDP_ON_CPU_MESSAGE
+
+    config = tmp_path / "fsdp_cpu.yaml"
+    config.write_text(FSDP_ON_CPU)
+    common = ["--model", str(dropout_free_bert_dir), "--data", str(sentiment_csv), "--method", "lora"]
+    common += ["--max-length", "32", "--epochs", "1", "--lora-dropout", "0", "--learning-rate", "5e-3"]
+    common += ["--no-progress", "--log-every", "1"]
+    launched = launch_two_processes(
+        ["-m", "senslora.cli", "finetune", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "two")],
+        accelerate_config=config,
+    )
+    assert launched.returncode == 0, launched.stderr[-5000:]
+    assert launched.stderr.count(FSDP_ON_CPU_MESSAGE) == 1  # the main process alone warns
+    assert main(["finetune", *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")]) == 0
+
+    logs = {}
+    for name in ("one", "two"):
+        lines = (tmp_path / name / "log.jsonl").read_text().splitlines()
+        logs[name] = [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+    assert len(logs["two"]) == 9 and logs["two"] == pytest.approx(logs["one"], rel=1e-4, abs=1e-6)
+    one = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    two = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
+    assert set(one) == set(two)
+    for name, expected in one.items():
+        torch.testing.assert_close(two[name], expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_fsdp_config_with_ram_efficient_loading_is_refused_on_cpu(
+    tiny_bert_dir, sentiment_csv, tmp_path, monkeypatch, capsys
+):
+    """Accelerate's default `fsdp_cpu_ram_efficient_loading` loads the model on the meta device in every
+    process but the main one, which fails on the CPU ("Cannot copy out of meta tensor"): one line first."""
+    from senslora.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    output = tmp_path / "run"
+    code = main(["finetune", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--output-dir", str(output)])
+    assert code == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "fsdp_cpu_ram_efficient_loading" in error
+    assert not output.exists()

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -510,6 +512,37 @@ def training_arguments(
     )
 
 
+FSDP_ON_CPU_MESSAGE = (
+    "warning: the Accelerate config asks for FSDP, but Accelerate shards only on accelerators (GPU, XPU, ...): "
+    "on the CPU this run trains with plain data parallelism (DDP), each process holding the whole model"
+)
+
+
+def check_accelerate_launch() -> None:
+    """Refuse, before any model is loaded, an `accelerate launch` FSDP config that cannot work on the CPU.
+
+    With `fsdp_cpu_ram_efficient_loading` (Accelerate's default) every process but the main one loads the
+    model on the meta device and waits for FSDP to broadcast the weights; on the CPU Accelerate does not
+    turn FSDP on, so those processes fail with "Cannot copy out of meta tensor".
+    """
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    efficient_loading = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true"
+    if fsdp and efficient_loading and not torch.cuda.is_available():
+        raise ValueError(
+            "this FSDP config sets fsdp_cpu_ram_efficient_loading, which needs a GPU (Accelerate does not "
+            "shard on the CPU): set it to false, or launch with torchrun or a DDP config"
+        )
+
+
+def fsdp_requested_but_off(trainer: Trainer) -> bool:
+    """True when `accelerate launch` was given an FSDP config (ACCELERATE_USE_FSDP) that did not take effect.
+
+    Accelerate (1.15) turns FSDP on only for multi-accelerator runs; a multi-CPU launch silently falls back
+    to DistributedDataParallel (measured: the wrapped model is DDP and no module is an FSDPModule).
+    """
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not trainer.is_fsdp_enabled
+
+
 def train(
     model: nn.Module,
     train_dataset: Sequence[dict[str, Any]],
@@ -598,6 +631,8 @@ def train(
         **(trainer_kwargs or {}),
     )
     trainer.add_callback(GuardCallback(trainer))
+    if main and fsdp_requested_but_off(trainer):
+        print(FSDP_ON_CPU_MESSAGE, file=sys.stderr)
     if not progress:  # Trainer prints every log dict when its progress bar is off; log.jsonl has them
         trainer.remove_callback(PrinterCallback)
     if adalora:

@@ -38,7 +38,7 @@ from senslora.distributed import (
     shard_batches,
     world_size,
 )
-from senslora.engine import STATE_FOLDER, check_resumable, checkpoints, train
+from senslora.engine import STATE_FOLDER, check_accelerate_launch, check_resumable, checkpoints, train
 from senslora.evaluation import evaluate_model
 from senslora.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.io import atomic_write_json, atomic_write_text, check_output_path, read_text, recover_directory
@@ -538,6 +538,7 @@ def finetune(config: RunConfig) -> dict[str, Any]:
 def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]:
     """The body of `finetune`; records the run directory it creates in `new_run_dir`."""
     config.validate()
+    check_accelerate_launch()
     main = is_main_process()
     if not main:
         config = replace(config, progress=False)
