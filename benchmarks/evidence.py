@@ -9,6 +9,11 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
 - `minilm-r1`, `minilm-r2`: MiniLM + Rotten Tomatoes (the main job: 2,000 snippets, 2 epochs, 250 steps)
   at average rank 1 and 2 in the `params` unit with min_rank 0 (and the default 2x cap), so the
   allocation decides which matrices get an adapter at all.
+- the same two MiniLM beds, every other allocator at the control learning rate (AdaLoRA at 5e-3, where it
+  leaves the majority class on this task): senslora with the `fisher`, `hutchinson`, `obd`, `kfac` and
+  `gradient_spectrum` estimators (their default safeguards: head warm-up, 2x cap), the paper's estimator
+  uncapped, PEFT's AdaLoRA (pruned to the same average rank) and EVA; listed last, to run once a bed
+  discriminates.
 - `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8,
   about 150-190 optimizer steps: 1,000 Wikipedia paragraphs for one epoch, or all of Hamlet (a shifted
   domain: early-modern verse) for four epochs.
@@ -25,6 +30,9 @@ MINILM |= {"epochs": 2}
 LOW_BUDGET = {"budget_unit": "params", "min_rank": 0, "max_rank_factor": 2.0}
 MINILM_LRS = (2e-3, 1e-3, 4e-3)
 MINILM_CONTROL_LR = 2e-3
+
+OTHER_ESTIMATORS = ("fisher", "hutchinson", "obd", "kfac", "gradient_spectrum")
+ADALORA_LR = 5e-3
 
 SMOLLM2 = {"model": "smollm2", "max_length": 64, "batch_size": 8, "max_validation_examples": 100}
 SMOLLM2 |= {"calibration_examples": 64, "avg_rank": 8, "budget_unit": "params"}
@@ -63,6 +71,23 @@ def minilm_bed(avg_rank: int) -> list[Any]:
     return [_experiment(name, group, overrides) for name, overrides in runs]
 
 
+def minilm_allocators(avg_rank: int) -> list[Any]:
+    """The other allocators on a MiniLM low-budget bed, at equal adapter parameters, paired by seed."""
+    group = f"evidence-minilm-r{avg_rank}"
+    base = MINILM | LOW_BUDGET | {"avg_rank": avg_rank, "learning_rate": MINILM_CONTROL_LR}
+    runs = []
+    for seed in SEEDS:
+        for estimator in OTHER_ESTIMATORS:
+            overrides = base | {"method": "senslora", "estimator": estimator, "seed": seed}
+            runs.append((f"{group}-senslora-{estimator}-{_lr(MINILM_CONTROL_LR)}-s{seed}", overrides))
+        uncapped = base | {"method": "senslora", "estimator": "activation", "max_rank_factor": 0, "seed": seed}
+        runs.append((f"{group}-senslora-uncapped-{_lr(MINILM_CONTROL_LR)}-s{seed}", uncapped))
+        runs.append((f"{group}-eva-{_lr(MINILM_CONTROL_LR)}-s{seed}", base | {"method": "eva", "seed": seed}))
+        adalora = base | {"method": "adalora", "learning_rate": ADALORA_LR, "seed": seed}
+        runs.append((f"{group}-adalora-{_lr(ADALORA_LR)}-s{seed}", adalora))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
 def minilm_baseline() -> list[Any]:
     base = MINILM | {"method": "lora", "learning_rate": MINILM_CONTROL_LR, "baseline": "head_only"}
     return [_experiment(f"evidence-minilm-head-only-s{s}", "evidence-minilm", base | {"seed": s}) for s in SEEDS]
@@ -89,4 +114,5 @@ def smollm2_bed(domain: str) -> list[Any]:
 
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
-    return [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
+    beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
+    return [*beds, *minilm_allocators(1), *minilm_allocators(2)]

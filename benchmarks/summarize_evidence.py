@@ -108,6 +108,7 @@ def best_lr(table: dict, bed: str, name: str, metric: str) -> float | None:
 
 
 BASELINES = ("head-only", "base-model")
+CONTROL_NAMES = ("inverse", "shuffled")
 
 
 def baseline_values(table: dict, bed: str) -> list[float]:
@@ -153,6 +154,22 @@ def summarize(results: list[dict[str, Any]]) -> str:
             f"| {bed} | {metric} | {fmt(inverse)} | {fmt(shuffled)} | {'yes' if discriminates else 'no'} "
             f"| {fmt(versus)} | {sens_cell} | {lora_cell} | {fmt_plain(baseline)} |"
         )
+    lines += ["", "## Every allocator against tuned LoRA (each at its best learning rate, paired by seed)", ""]
+    lines += ["| test bed | allocator | lr | metric | − tuned LoRA | beats LoRA by more than the spread? |"]
+    lines += ["|---|---|---:|---|---|---|"]
+    for bed in beds:
+        metric = metrics[bed]
+        lora = table.get((bed, "lora", best_lr(table, bed, "lora", metric)), {})
+        names = sorted({v for (b, v, _) in table if b == bed} - {"lora", *CONTROL_NAMES, *BASELINES})
+        for name in names:
+            lr = best_lr(table, bed, name, metric)
+            seeds = table[(bed, name, lr)]
+            versus = paired_gains(seeds, lora, metric)
+            wins = len(versus) > 1 and mean_std(versus)[0] > mean_std(versus)[1]
+            lines.append(
+                f"| {bed} | {name} | {lr:g} | {fmt_plain(list(seeds.values()))} | {fmt(versus)} "
+                f"| {'yes' if wins else 'no'} |"
+            )
     lines += ["", "## Cost of each test bed (sum over its finished runs)", ""]
     lines += ["| test bed | runs | wall hours | hours per run |", "|---|---:|---:|---:|"]
     for group in sorted({r["group"] for r in results}):

@@ -99,3 +99,18 @@ def test_budget_points_take_each_variant_at_its_best_learning_rate(tools):
     points = summary.budget_points(evidence, full)
     assert points["lora"] == {1: [0.75], 4: [0.79]}
     assert points["senslora"] == {1: [0.74], 4: [0.78]}
+
+
+def test_every_allocator_is_compared_with_tuned_lora(tools):
+    _, summary = tools
+    fisher = {"method": "senslora", "estimator": "fisher"}
+    results = []
+    for seed, value in enumerate([0.80, 0.81, 0.82]):
+        results.append(_result("evidence-x-r1", {"method": "lora"}, seed, 2e-3, 0.78))
+        results.append(_result("evidence-x-r1", fisher, seed, 2e-3, value))
+        results.append(_result("evidence-x-r1", {"method": "adalora"}, seed, 5e-3, 0.78 - seed * 0.01))
+    section = summary.summarize(results).split("## Every allocator", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[2].strip(): line for line in section.splitlines() if line.startswith("| x-r1 | ")}
+    # fisher - LoRA = 0.02, 0.03, 0.04: mean 0.03 > std 0.01
+    assert "+0.0300 ± 0.0100 (n=3) | yes |" in rows["senslora-fisher"]
+    assert "-0.0100 ± 0.0100 (n=3) | no |" in rows["adalora"]
