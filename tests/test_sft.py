@@ -106,7 +106,9 @@ def test_first_step_loss_is_the_mean_cross_entropy_over_completion_tokens(sft_ru
     completion_sum, completion_count, all_sum, all_count = 0.0, 0, 0.0, 0
     with torch.no_grad():
         for example in TRAIN:
-            ids, prompt_length = completion_boundaries(tokenizer, example["prompt"], example["response"], kind == "chat")
+            ids, prompt_length = completion_boundaries(
+                tokenizer, example["prompt"], example["response"], kind == "chat"
+            )
             logits = model(torch.tensor([ids])).logits[0]
             # position t predicts token t + 1
             losses = F.cross_entropy(logits[:-1].double(), torch.tensor(ids[1:]), reduction="none")
@@ -217,4 +219,70 @@ def test_refused_trainer_arguments_end_before_loading(document, message, tmp_pat
 
 def test_a_value_trainer_arguments_refuses_is_one_line(tmp_path):
     with pytest.raises(ValueError, match=re.escape("TrainingArguments refuses the passed-through fields (optim)")):
-        training_arguments(TrainingConfig(trainer_arguments={"optim": "no-such-optimizer"}), tmp_path, torch.device("cpu"))
+        training_arguments(
+            TrainingConfig(trainer_arguments={"optim": "no-such-optimizer"}), tmp_path, torch.device("cpu")
+        )
+
+
+def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkeypatch):
+    """A NaN from the second forward on: exit 3, the step and the first module with a non-finite output."""
+    source = "model.layers.1.mlp.act_fn"
+    calls = []
+    build = pipeline.build_peft_model
+
+    def build_and_poison(*args, **kwargs):
+        model = build(*args, **kwargs)
+
+        def poison(module, inputs, output):
+            calls.append(1)
+            return output * float("nan") if len(calls) >= 2 else output
+
+        model.get_submodule("base_model.model." + source).register_forward_hook(poison)
+        return model
+
+    monkeypatch.setattr(pipeline, "build_peft_model", build_and_poison)
+    model_dir = save_tiny_llama(tmp_path / "model", chat=True)
+    options = [*instruction_options(tmp_path, model_dir), "--batch-size", "1", "--method", "lora"]
+    capsys.readouterr()  # saving the model reported its progress
+    code, _, err = run_cli(["finetune", *options, "--output-dir", tmp_path / "run"], capsys)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 3 and len(lines) == 1, err
+    assert "non-finite loss (nan) at step 2" in lines[0]
+    assert f"first non-finite output in 'base_model.model.{source}'" in lines[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_interrupted_sft_run_resumes_exactly(tmp_path, capsys, monkeypatch):
+    """Ctrl-C mid-epoch (step 5, checkpoint at step 3), then --resume: the same adapter, metrics and log as
+    an uninterrupted run."""
+    import senslora.training as training
+
+    model_dir = save_tiny_llama(tmp_path / "model", chat=True)
+    options = [*instruction_options(tmp_path, model_dir), "--batch-size", "1", "--epochs", "3", "--method", "lora"]
+    options += ["--save-steps", "3", "--learning-rate", "1e-2"]
+    check = training._check_gradients
+
+    def interrupt(model, step):
+        if step == 5:
+            raise KeyboardInterrupt
+        check(model, step)
+
+    run_dir, straight = tmp_path / "run", tmp_path / "straight"
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "_check_gradients", interrupt)
+        code, _, err = run_cli(["finetune", *options, "--output-dir", run_dir], capsys)
+    assert code == 130, err
+    assert (run_dir / "checkpoints" / "checkpoint-3" / "senslora" / "state.json").is_file()
+    assert run_cli(["finetune", *options, "--output-dir", run_dir, "--resume"], capsys)[0] == 0
+    assert run_cli(["finetune", *options, "--output-dir", straight], capsys)[0] == 0
+    resumed = load_file(run_dir / "adapter" / "adapter_model.safetensors")
+    reference = load_file(straight / "adapter" / "adapter_model.safetensors")
+    assert resumed.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(resumed[name], reference[name], atol=1e-6, rtol=1e-6)
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (run_dir, straight)]
+    assert metrics[0]["global_step"] == metrics[1]["global_step"] == 9
+    assert [h["step"] for h in metrics[0]["history"]] == [h["step"] for h in metrics[1]["history"]], metrics
+    assert metrics[0]["history"] == pytest.approx(metrics[1]["history"], abs=1e-6)
+    logs = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (run_dir, straight)]
+    assert logs[0] == pytest.approx(logs[1], abs=1e-6)

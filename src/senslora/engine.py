@@ -1,7 +1,9 @@
 """Fine-tuning on `transformers.Trainer` (Accelerate underneath): what senslora adds to it.
 
-`train()` builds TrainingArguments from a `TrainingConfig` and runs a Trainer whose few overrides and
-callbacks keep senslora's guarantees:
+`train()` builds TrainingArguments from a `TrainingConfig` (plus the fields a `--config` file passes
+through, `TrainingConfig.trainer_arguments`) and runs a Trainer whose few overrides and callbacks keep
+senslora's guarantees; the overrides live in `SensloraTrainerMixin`, on top of `transformers.Trainer`
+(`SensloraTrainer`) or of TRL's `SFTTrainer` for instruction data (`senslora.sft`):
 
 - data order: epoch e visits the examples in `epoch_order(n, seed, e)` (a sampler with `set_epoch`);
   under torch.distributed Accelerate gives process r the batches r, r + W, ... of that order, so one
@@ -13,11 +15,11 @@ callbacks keep senslora's guarantees:
   `on_best` writes, is kept in `run_dir/adapter` (written atomically); early stopping after
   early_stopping_patience evaluations without improvement;
 - checkpoints: Trainer's checkpoint-N directories under `run_dir/checkpoints/` at the end of each epoch
-  and every save_steps steps; each gets a `senslora/` folder (written last, atomically: a checkpoint
-  without it is incomplete and is ignored) holding the trainable weights, AdaLoRA's importance scores
-  and rank pattern, the history, the best metrics, the running loss since the last log line and the
-  length of `log.jsonl`; older checkpoints are removed once a newer one is complete. A run killed at
-  any point and resumed from its last checkpoint ends with the same adapter, metrics and log;
+  (after its evaluation) and every save_steps steps; each gets a `senslora/` folder (written last,
+  atomically: a checkpoint without it is incomplete and is ignored) holding the trainable weights,
+  AdaLoRA's importance scores and rank pattern, the history, the best metrics, the running loss since the
+  last log line and the length of `log.jsonl`; older checkpoints are removed once a newer one is complete.
+  A run killed at any point and resumed from its last checkpoint ends with the same adapter, metrics and log;
 - numerical faults stop the run (`TrainingDivergedError`, exit 3): a non-finite loss names the step and
   the first module with a non-finite output, a non-finite gradient the step and the parameter (checked
   before clipping), a non-finite weight the step; nothing is saved after the fault;
@@ -411,11 +413,16 @@ class GuardCallback(TrainerCallback):
         end_of_epoch = abs(state.epoch - round(state.epoch)) < 1e-9
         if end_of_epoch:
             control.should_log = True
-            control.should_save = True  # a checkpoint at every epoch's end, whatever save_steps says
         if state.global_step >= state.max_steps and args.eval_strategy != IntervalStrategy.EPOCH:
             # the final weights are always evaluated: with evaluation by epoch the epoch's end does it (also
             # when max_steps stops mid-epoch), so forcing it here too would evaluate the last step twice
             control.should_evaluate = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """A checkpoint at every epoch's end, whatever save_steps says, written after the epoch's evaluation
+        (at the step's end it would precede it, and a run resumed from it would lack that evaluation)."""
+        control.should_save = True
         return control
 
     def on_save(self, args, state, control, **kwargs):

@@ -99,9 +99,7 @@ def sft_trainer_class() -> type[SensloraTrainerMixin]:
             super().__init__(*args, **kwargs)
             self.model_accepts_loss_kwargs = False  # each micro-batch's mean loss / accumulation, as before
             if len(self.train_dataset) == 0:
-                raise ValueError(
-                    "no training example keeps a completion token within max_length; raise --max-length"
-                )
+                raise ValueError("no training example keeps a completion token within max_length; raise --max-length")
 
     return SensloraSFTTrainer
 

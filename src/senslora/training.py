@@ -4,7 +4,9 @@ The engine itself is `transformers.Trainer` (see `senslora.engine`); this module
 configured with and checked against:
 
 - `TrainingConfig`: the optimisation settings (AdamW, warmup then linear/cosine/constant decay,
-  accumulation, clipping, precision, evaluation/checkpoint cadence, early stopping, reporting);
+  accumulation, clipping, precision, evaluation/checkpoint cadence, early stopping, reporting), and further
+  `transformers.TrainingArguments` fields passed through as they are (`check_trainer_arguments` refuses
+  unknown names and the fields senslora sets from its own options, `OWNED_TRAINER_ARGUMENTS`);
 - the schedule `learning_rate_factor` (linear warmup over floor(warmup_ratio x total) steps, then decay
   to 0 at `total`) and the step counts (`steps_per_epoch`, `total_training_steps`), equal to the
   Trainer's: ceil(ceil(n / (world_size x batch_size)) / accumulation) optimizer steps per epoch;
@@ -167,7 +169,9 @@ def check_trainer_arguments(arguments: Any) -> None:
     Their values are checked by TrainingArguments itself when training starts (`engine.training_arguments`):
     building it here would set up Accelerate's device state before the run chooses its device."""
     if not isinstance(arguments, dict):
-        raise ValueError(f"trainer_arguments must be a mapping of TrainingArguments fields to values, got {arguments!r}")
+        raise ValueError(
+            f"trainer_arguments must be a mapping of TrainingArguments fields to values, got {arguments!r}"
+        )
     known = trainer_argument_names()
     for name in arguments:
         if not isinstance(name, str) or name not in known:
