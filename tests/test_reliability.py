@@ -192,6 +192,11 @@ class Inputs:
                 "cfg_json": ("run.json", "{"),
                 "cfg_suffix": ("run.txt", "avg_rank: 4\n"),
                 "cfg_binary": ("run.yaml", None),
+                "cfg_owned": ("run.json", '{"num_train_epochs": 3}'),
+                "cfg_owned_nested": ("run.yaml", "trainer_arguments:\n  learning_rate: 0.1\n"),
+                "cfg_not_trainer_field": ("run.yaml", "trainer_arguments:\n  colour: blue\n"),
+                "cfg_best_at_end": ("run.yaml", "load_best_model_at_end: true\n"),
+                "cfg_trainer_list": ("run.yaml", "trainer_arguments: [1, 2]\n"),
             }
             file_name, text = texts[name]
             if text is None:
@@ -497,6 +502,23 @@ CATALOGUE = [
     ("config-out-of-range", "finetune", ["--config", "{cfg_range}"], "learning_rate must be a positive", "early"),
     ("config-suffix", "finetune", ["--config", "{cfg_suffix}"], "must end in .yaml, .yml or .json", "early"),
     ("config-not-text", "finetune", ["--config", "{cfg_binary}"], "cannot be read", "early"),
+    ("config-trainer-owned", "finetune", ["--config", "{cfg_owned}"], "set by senslora: use --epochs", "early"),
+    (
+        "config-trainer-owned-nested",
+        "finetune",
+        ["--config", "{cfg_owned_nested}"],
+        "'learning_rate' is set by senslora: use --learning-rate",
+        "early",
+    ),
+    (
+        "config-trainer-unknown-field",
+        "finetune",
+        ["--config", "{cfg_not_trainer_field}"],
+        "'colour' is not a field of transformers.TrainingArguments",
+        "early",
+    ),
+    ("config-trainer-best-at-end", "finetune", ["--config", "{cfg_best_at_end}"], "keeps the best adapter", "early"),
+    ("config-trainer-not-mapping", "finetune", ["--config", "{cfg_trainer_list}"], "must be a mapping", "early"),
     # ranks files
     (
         "ranks-missing",

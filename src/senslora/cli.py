@@ -116,7 +116,12 @@ def _add_field(parser: argparse.ArgumentParser, name: str) -> None:
 
 def _command(subparsers, name: str, help_text: str, options: Sequence[str]) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
-    parser.add_argument("--config", dest="config_file", help="YAML or JSON file of options (flags override it)")
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        help="YAML or JSON file of options (flags override it); finetune passes any other "
+        "transformers.TrainingArguments field in it to the Trainer",
+    )
     for option_name in options:
         _add_field(parser, option_name)
     return parser
@@ -125,7 +130,7 @@ def _command(subparsers, name: str, help_text: str, options: Sequence[str]) -> a
 def build_parser() -> ArgumentParser:
     from senslora import __version__
     from senslora.cli_report import add_report_commands
-    from senslora.config import RunConfig
+    from senslora.config import RunConfig, has_flag
 
     parser = ArgumentParser(
         prog="senslora",
@@ -156,7 +161,7 @@ def build_parser() -> ArgumentParser:
         subparsers,
         "finetune",
         "model + data + method -> run directory with adapter, metrics and logs (defaults: the main job)",
-        [f.name for f in fields(RunConfig)],
+        [f.name for f in fields(RunConfig) if has_flag(f.name)],
     )
     finetune.set_defaults(handler=run_finetune_command)
 

@@ -23,18 +23,33 @@ from senslora.io import read_text
 from senslora.methods import METHODS
 from senslora.peft_export import ALPHA_MODES
 from senslora.sensitivity import ESTIMATORS
-from senslora.training import PRECISIONS, REPORTERS, SCHEDULERS, TrainingConfig
+from senslora.training import (
+    OWNED_TRAINER_ARGUMENTS,
+    PRECISIONS,
+    REPORTERS,
+    SCHEDULERS,
+    TrainingConfig,
+    check_trainer_arguments,
+    owned_argument_message,
+    trainer_argument_names,
+)
 
 MAX_INT = 2**31 - 1  # largest integer option: keeps seeds, counts and lengths inside every library's range
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 
 
-def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field carrying its CLI help text (and allowed values); lists get a fresh copy each time."""
-    metadata = {"help": help, "choices": choices}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
+def option(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: bool = True) -> Any:
+    """A dataclass field carrying its CLI help text (and allowed values); lists and mappings get a fresh copy
+    each time. `flag=False`: set only from a config file (or Python), no command-line flag."""
+    metadata = {"help": help, "choices": choices, "flag": flag}
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
+
+
+def has_flag(name: str) -> bool:
+    """Whether RunConfig's field `name` has a command-line flag (all but trainer_arguments)."""
+    return {item.name: item for item in fields(RunConfig)}[name].metadata.get("flag", True)
 
 
 # Safeguard of the loss-based estimators against a freshly initialised task head, on unless set explicitly
@@ -148,6 +163,12 @@ class RunConfig:
     )
     report_to: list[str] = option(["none"], "send logs to these trackers (Trainer's report_to)", choices=REPORTERS)
     log_every: int = option(10, "log the training loss every N steps")
+    trainer_arguments: dict[str, Any] = option(
+        {},
+        "config file only: further transformers.TrainingArguments fields passed to the Trainer as they are "
+        "(e.g. dataloader_num_workers, push_to_hub, hub_model_id); not the ones senslora sets from its options",
+        flag=False,
+    )
     max_generation_examples: int = option(32, "instruction tasks: validation examples scored by generation")
     max_new_tokens: int = option(64, "instruction tasks: tokens generated per example")
     seed: int = option(0, "seed of data splits, sampling, initialisation and training")
@@ -287,7 +308,12 @@ def base_type(annotation: Any) -> tuple[Any, bool, bool]:
 
 def _check_type(name: str, annotation: Any, value: Any) -> None:
     """Raise ValueError if `value` does not fit the field's type, is a non-finite number, an integer
-    beyond MAX_INT, or an empty string (or one holding a NUL character)."""
+    beyond MAX_INT, or an empty string (or one holding a NUL character). trainer_arguments is checked by
+    `TrainingConfig.validate` (names only: TrainingArguments checks the values)."""
+    if typing.get_origin(annotation) is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be a mapping, got {value!r}")
+        return
     scalar, optional, is_list = base_type(annotation)
     if value is None:
         if optional:
@@ -319,6 +345,10 @@ def _check_type(name: str, annotation: Any, value: Any) -> None:
 
 def coerce_value(name: str, value: Any) -> Any:
     """Check and convert a config-file value to the field's type; ValueError names the key."""
+    if typing.get_origin(field_types()[name]) is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"config key {name!r} must be a mapping of TrainingArguments fields to values")
+        return {str(key).replace("-", "_"): item for key, item in value.items()}
     scalar, optional, is_list = base_type(field_types()[name])
     if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null", "all")):
         if optional:
@@ -354,7 +384,13 @@ def coerce_scalar(name: str, scalar: Any, value: Any) -> Any:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON config file (safe parsing only) into {field name: value}."""
+    """Read a YAML or JSON config file (safe parsing only) into {field name: value}.
+
+    Keys are RunConfig's option names; a key that is instead a `transformers.TrainingArguments` field goes
+    into `trainer_arguments` (passed to the Trainer as it is), unless senslora sets that field from one of
+    its own options (the message names the option). A `trainer_arguments` mapping (as config.json records
+    it) is read the same way.
+    """
     text = read_text(path, "config file")
     suffix = Path(path).suffix.lower()
     try:
@@ -379,9 +415,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(path)!r} must hold a mapping of option names to values")
     known = {f.name for f in fields(RunConfig)}
     values: dict[str, Any] = {}
+    passed_through: dict[str, Any] = {}
     for key, value in document.items():
         name = str(key).replace("-", "_")
-        if name not in known:
-            raise ValueError(f"config file {str(path)!r}: unknown option {key!r}")
-        values[name] = coerce_value(name, value)
+        if name in known:
+            values[name] = coerce_value(name, value)
+        elif name in trainer_argument_names():
+            if name in OWNED_TRAINER_ARGUMENTS:
+                raise ValueError(f"config file {str(path)!r}: {owned_argument_message(name)}")
+            passed_through[name] = value
+        else:
+            raise ValueError(
+                f"config file {str(path)!r}: unknown option {key!r} (neither a senslora option nor a "
+                "transformers.TrainingArguments field)"
+            )
+    if passed_through:
+        values["trainer_arguments"] = {**values.get("trainer_arguments", {}), **passed_through}
+    if "trainer_arguments" in values:
+        try:
+            check_trainer_arguments(values["trainer_arguments"])
+        except ValueError as error:
+            raise ValueError(f"config file {str(path)!r}: {error}") from None
     return values

@@ -1,7 +1,9 @@
 """Fine-tuning on `transformers.Trainer` (Accelerate underneath): what senslora adds to it.
 
-`train()` builds TrainingArguments from a `TrainingConfig` and runs a Trainer whose few overrides and
-callbacks keep senslora's guarantees:
+`train()` builds TrainingArguments from a `TrainingConfig` (plus the fields a `--config` file passes
+through, `TrainingConfig.trainer_arguments`) and runs a Trainer whose few overrides and callbacks keep
+senslora's guarantees; the overrides live in `SensloraTrainerMixin`, on top of `transformers.Trainer`
+(`SensloraTrainer`) or of TRL's `SFTTrainer` for instruction data (`senslora.sft`):
 
 - data order: epoch e visits the examples in `epoch_order(n, seed, e)` (a sampler with `set_epoch`);
   under torch.distributed Accelerate gives process r the batches r, r + W, ... of that order, so one
@@ -13,11 +15,11 @@ callbacks keep senslora's guarantees:
   `on_best` writes, is kept in `run_dir/adapter` (written atomically); early stopping after
   early_stopping_patience evaluations without improvement;
 - checkpoints: Trainer's checkpoint-N directories under `run_dir/checkpoints/` at the end of each epoch
-  and every save_steps steps; each gets a `senslora/` folder (written last, atomically: a checkpoint
-  without it is incomplete and is ignored) holding the trainable weights, AdaLoRA's importance scores
-  and rank pattern, the history, the best metrics, the running loss since the last log line and the
-  length of `log.jsonl`; older checkpoints are removed once a newer one is complete. A run killed at
-  any point and resumed from its last checkpoint ends with the same adapter, metrics and log;
+  (after its evaluation) and every save_steps steps; each gets a `senslora/` folder (written last,
+  atomically: a checkpoint without it is incomplete and is ignored) holding the trainable weights,
+  AdaLoRA's importance scores and rank pattern, the history, the best metrics, the running loss since the
+  last log line and the length of `log.jsonl`; older checkpoints are removed once a newer one is complete.
+  A run killed at any point and resumed from its last checkpoint ends with the same adapter, metrics and log;
 - numerical faults stop the run (`TrainingDivergedError`, exit 3): a non-finite loss names the step and
   the first module with a non-finite output, a non-finite gradient the step and the parameter (checked
   before clipping), a non-finite weight the step; nothing is saved after the fault;
@@ -34,6 +36,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import safe_globals
+from transformers.trainer_utils import IntervalStrategy
 
 from senslora import training
 from senslora.distributed import all_processes_agree, broadcast_object, gather_objects, is_main_process
@@ -356,7 +360,7 @@ class SensloraTrainerMixin:
             if main:
                 self.save_best_adapter()
         prefixed = {f"{metric_key_prefix}_{name}": value for name, value in metrics.items()}
-        super().log(prefixed)
+        Trainer.log(self, prefixed)  # not SFTTrainer.log, which would fold its training token metrics in
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, prefixed)
         run.clock += time.perf_counter() - started  # evaluation is not training time
         return prefixed
@@ -411,9 +415,16 @@ class GuardCallback(TrainerCallback):
         end_of_epoch = abs(state.epoch - round(state.epoch)) < 1e-9
         if end_of_epoch:
             control.should_log = True
-            control.should_save = True  # a checkpoint at every epoch's end, whatever save_steps says
-        if state.global_step >= state.max_steps:
-            control.should_evaluate = True  # the final weights are always evaluated
+        if state.global_step >= state.max_steps and args.eval_strategy != IntervalStrategy.EPOCH:
+            # the final weights are always evaluated: with evaluation by epoch the epoch's end does it (also
+            # when max_steps stops mid-epoch), so forcing it here too would evaluate the last step twice
+            control.should_evaluate = True
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        """A checkpoint at every epoch's end, whatever save_steps says, written after the epoch's evaluation
+        (at the step's end it would precede it, and a run resumed from it would lack that evaluation)."""
+        control.should_save = True
         return control
 
     def on_save(self, args, state, control, **kwargs):
@@ -467,6 +478,21 @@ class AdaLoraCallback(TrainerCallback):
 # ----------------------------------------------------------------------------- arguments and entry point
 
 
+@contextmanager
+def dataset_progress_bars(shown: bool) -> Iterator[None]:
+    """Hide the `datasets` progress bars (SFTTrainer's tokenization) while a quiet run builds its trainer."""
+    import datasets
+
+    was_shown = datasets.is_progress_bar_enabled()
+    if not shown:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_shown and not shown:
+            datasets.enable_progress_bars()
+
+
 def training_arguments(
     config: TrainingConfig,
     run_dir: Path,
@@ -475,12 +501,16 @@ def training_arguments(
     progress: bool = False,
     main_metric: str | None = None,
     greater_is_better: bool = True,
+    arguments_class: type[TrainingArguments] = TrainingArguments,
+    extra_arguments: dict[str, Any] | None = None,
 ) -> TrainingArguments:
-    """TrainingArguments for a TrainingConfig: the old loop's defaults, senslora's cadence options.
+    """TrainingArguments for a TrainingConfig: the old loop's defaults, senslora's cadence options, then
+    `config.trainer_arguments` (the fields a `--config` file passes through, checked by
+    `check_trainer_arguments`) and `extra_arguments` (fields of a subclass such as TRL's SFTConfig).
 
     `main_metric` is what early stopping watches (metric_for_best_model, set only with a patience)."""
     report_to = [name for name in config.report_to if name != "none"] or "none"
-    return TrainingArguments(
+    values = dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=config.epochs,
         max_steps=config.max_steps or -1,
@@ -509,7 +539,16 @@ def training_arguments(
         ddp_find_unused_parameters=False,
         use_cpu=device.type == "cpu",
         dataloader_num_workers=0,
+        gradient_checkpointing=False,  # `train` enables it on the model itself (SFTConfig would default to on)
     )
+    try:
+        return arguments_class(**{**values, **config.trainer_arguments, **(extra_arguments or {})})
+    except (ValueError, TypeError) as error:
+        if not config.trainer_arguments:
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        shown = ", ".join(sorted(config.trainer_arguments))
+        raise ValueError(f"TrainingArguments refuses the passed-through fields ({shown}): {first}") from None
 
 
 FSDP_ON_CPU_MESSAGE = (
@@ -559,12 +598,14 @@ def train(
     on_best: Callable[[nn.Module, Path], None] | None = None,
     trainer_class: type[SensloraTrainerMixin] | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
+    extra_arguments: dict[str, Any] | None = None,
 ) -> TrainingResult:
     """Train the trainable parameters of `model` with transformers.Trainer; keep the best adapter.
 
     Args:
         model: a PEFT model (only parameters with requires_grad train).
-        train_dataset: tokenized examples (indexable); `collate` turns a list of them into a batch.
+        train_dataset: tokenized examples (indexable); `collate` turns a list of them into a batch (None:
+            the trainer's own collator, e.g. SFTTrainer's for its prompt/completion data).
         evaluate: returns metrics for the model, including `main_metric`.
         config: optimisation settings.
         run_dir: where `log.jsonl`, `checkpoints/checkpoint-N`, `adapter/` and `training.json` go.
@@ -573,7 +614,9 @@ def train(
         resume: continue from the newest complete checkpoint (the log is cut back to it).
         on_best: writes extra files into the adapter directory (e.g. the allocation sidecar).
         trainer_class, trainer_kwargs: another Trainer built on SensloraTrainerMixin (e.g. TRL's
-            SFTTrainer) and its extra arguments.
+            SFTTrainer, `senslora.sft`) and its extra arguments (they may replace the placeholder
+            eval_dataset); its `arguments_class` attribute (e.g. SFTConfig), if any, holds the arguments.
+        extra_arguments: fields of that arguments class beyond TrainingArguments.
 
     Under torchrun or `accelerate launch`, `batch_size` is per process; Accelerate wraps the model
     (DDP, or FSDP / DeepSpeed from an Accelerate config) and shards each epoch's batches; every process
@@ -617,19 +660,22 @@ def train(
             truncate_log(run.log_path, state.get("log_bytes"))
     elif main:
         atomic_write_text(run.log_path, "")
-    arguments = training_arguments(
-        config, run_dir, device, progress=progress, main_metric=main_metric, greater_is_better=greater_is_better
-    )
     trainer_class = trainer_class or SensloraTrainer
-    trainer = trainer_class(
-        model=model,
-        args=arguments,
-        train_dataset=train_dataset,
-        eval_dataset=[{}],  # a placeholder: `evaluate` above runs the task's own evaluation
-        data_collator=collate,
-        run=run,
-        **(trainer_kwargs or {}),
+    arguments = training_arguments(
+        config,
+        run_dir,
+        device,
+        progress=progress,
+        main_metric=main_metric,
+        greater_is_better=greater_is_better,
+        arguments_class=getattr(trainer_class, "arguments_class", TrainingArguments),
+        extra_arguments=extra_arguments,
     )
+    keywords = {"eval_dataset": [{}], **(trainer_kwargs or {})}  # a placeholder: `evaluate` runs the task's own
+    with dataset_progress_bars(progress):
+        trainer = trainer_class(
+            model=model, args=arguments, train_dataset=train_dataset, data_collator=collate, run=run, **keywords
+        )
     trainer.add_callback(GuardCallback(trainer))
     if main and fsdp_requested_but_off(trainer):
         print(FSDP_ON_CPU_MESSAGE, file=sys.stderr)

@@ -58,6 +58,14 @@ from senslora.models import (
     load_model_and_tokenizer,
 )
 from senslora.sensitivity import estimate_sensitivity
+from senslora.sft import (
+    check_trl_available,
+    instruction_dataset,
+    placeholder_eval_dataset,
+    sft_arguments,
+    sft_trainer_class,
+    uses_sft_trainer,
+)
 from senslora.spectrum_allocation import allocate_spectrum_ranks
 from senslora.targets import find_target_layers, layer_shape
 from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
@@ -557,6 +565,9 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
             sensitivities, sensitivity_metadata = load_sensitivity_file(run_dir / "sensitivity.json")
             sensitivity_seconds = float(sensitivity_metadata.get("seconds", 0.0))
     data = load_data(config)
+    sft = uses_sft_trainer(data.task, config.method)
+    if sft:
+        check_trl_available()
     calibrate = config.method == "eva" or (config.method == "senslora" and allocation is None)
     calibration_data = load_calibration_data(config, data) if calibrate else None
     prepared = prepare(config, data)
@@ -629,10 +640,17 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
             progress=config.progress,
         )
 
+    trainer: dict[str, Any] = {}
+    if sft:  # TRL's SFTTrainer on prompt/completion data, the loss on the completion only (senslora.sft)
+        trainer = {
+            "trainer_class": sft_trainer_class(),
+            "trainer_kwargs": {"processing_class": tokenizer, "eval_dataset": placeholder_eval_dataset()},
+            "extra_arguments": sft_arguments(config.max_length),
+        }
     result: TrainingResult = train(
         model,
-        train_set,
-        collator,
+        instruction_dataset(data.train, tokenizer, data) if sft else train_set,
+        None if sft else collator,
         evaluate,
         config.training(),
         run_dir,
@@ -642,6 +660,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         resume=config.resume,
         progress=config.progress,
         on_best=lambda _model, directory: atomic_write_json(directory / "senslora.json", side),
+        **trainer,
     )
     metrics = {
         "method": config.method,

@@ -4,7 +4,9 @@ The engine itself is `transformers.Trainer` (see `senslora.engine`); this module
 configured with and checked against:
 
 - `TrainingConfig`: the optimisation settings (AdamW, warmup then linear/cosine/constant decay,
-  accumulation, clipping, precision, evaluation/checkpoint cadence, early stopping, reporting);
+  accumulation, clipping, precision, evaluation/checkpoint cadence, early stopping, reporting), and further
+  `transformers.TrainingArguments` fields passed through as they are (`check_trainer_arguments` refuses
+  unknown names and the fields senslora sets from its own options, `OWNED_TRAINER_ARGUMENTS`);
 - the schedule `learning_rate_factor` (linear warmup over floor(warmup_ratio x total) steps, then decay
   to 0 at `total`) and the step counts (`steps_per_epoch`, `total_training_steps`), equal to the
   Trainer's: ceil(ceil(n / (world_size x batch_size)) / accumulation) optimizer steps per epoch;
@@ -18,6 +20,7 @@ configured with and checked against:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -61,6 +64,7 @@ class TrainingConfig:
     early_stopping_patience: int | None = None
     report_to: tuple[str, ...] | list[str] = ("none",)
     log_every: int = 10
+    trainer_arguments: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ValueError naming the first option out of range."""
@@ -92,6 +96,88 @@ class TrainingConfig:
             raise ValueError(f"unknown report_to {unknown[0]!r}; allowed: {', '.join(REPORTERS)}")
         if "none" in self.report_to and len(self.report_to) > 1:
             raise ValueError("report_to 'none' excludes every other integration")
+        check_trainer_arguments(self.trainer_arguments)
+
+
+# TrainingArguments fields senslora sets from its own options (the option to use instead), or for itself (None).
+OWNED_TRAINER_ARGUMENTS: dict[str, str | None] = {
+    "output_dir": "output_dir",
+    "overwrite_output_dir": "overwrite",
+    "resume_from_checkpoint": "resume",
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "per_device_train_batch_size": "batch_size",
+    "per_device_eval_batch_size": "eval_batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "learning_rate": "learning_rate",
+    "weight_decay": "weight_decay",
+    "max_grad_norm": "max_grad_norm",
+    "lr_scheduler_type": "scheduler",
+    "lr_scheduler_kwargs": "scheduler",
+    "warmup_ratio": "warmup_ratio",
+    "warmup_steps": "warmup_ratio",
+    "seed": "seed",
+    "data_seed": "seed",
+    "bf16": "mixed_precision",
+    "fp16": "mixed_precision",
+    "gradient_checkpointing": "gradient_checkpointing",
+    "logging_strategy": "log_every",
+    "logging_steps": "log_every",
+    "eval_strategy": "eval_steps",
+    "eval_steps": "eval_steps",
+    "save_strategy": "save_steps",
+    "save_steps": "save_steps",
+    "report_to": "report_to",
+    "metric_for_best_model": "early_stopping_patience",
+    "greater_is_better": "early_stopping_patience",
+    "use_cpu": "device",
+    "disable_tqdm": "progress",
+    "load_best_model_at_end": None,  # the best adapter is kept in run_dir/adapter at each evaluation
+    "save_only_model": None,  # --resume needs the optimizer, scheduler and RNG states
+    "remove_unused_columns": None,  # senslora's collators read the columns they need
+    "label_names": None,
+}
+
+
+@functools.cache
+def trainer_argument_names() -> frozenset[str]:
+    """The fields `transformers.TrainingArguments(...)` accepts."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return frozenset(item.name for item in dataclasses.fields(TrainingArguments) if item.init)
+
+
+def owned_argument_message(name: str) -> str:
+    """Why a TrainingArguments field cannot be passed through, and which senslora option sets it."""
+    option = OWNED_TRAINER_ARGUMENTS[name]
+    if option is None:
+        reasons = {
+            "load_best_model_at_end": "senslora keeps the best adapter in run_dir/adapter itself",
+            "save_only_model": "--resume needs the optimizer, scheduler and RNG states in each checkpoint",
+        }
+        return f"TrainingArguments field {name!r} is set by senslora ({reasons.get(name, 'for its data collators')})"
+    flag = "--" + option.replace("_", "-")
+    return f"TrainingArguments field {name!r} is set by senslora: use {flag} (or {option} in the config file)"
+
+
+def check_trainer_arguments(arguments: Any) -> None:
+    """Raise ValueError for trainer arguments that cannot be passed through: not a mapping, a name
+    TrainingArguments lacks (named), a field senslora sets itself (naming the option to use).
+
+    Their values are checked by TrainingArguments itself when training starts (`engine.training_arguments`):
+    building it here would set up Accelerate's device state before the run chooses its device."""
+    if not isinstance(arguments, dict):
+        raise ValueError(
+            f"trainer_arguments must be a mapping of TrainingArguments fields to values, got {arguments!r}"
+        )
+    known = trainer_argument_names()
+    for name in arguments:
+        if not isinstance(name, str) or name not in known:
+            raise ValueError(f"{name!r} is not a field of transformers.TrainingArguments")
+        if name in OWNED_TRAINER_ARGUMENTS:
+            raise ValueError(owned_argument_message(name))
 
 
 @dataclass
