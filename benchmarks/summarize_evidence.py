@@ -125,6 +125,18 @@ def paired_gains(a: dict[int, float], b: dict[int, float], metric: str) -> list[
     return [gain(a[s], b[s], metric) for s in sorted(set(a) & set(b))]
 
 
+MIN_SEEDS = 3
+
+
+def verdict(gain_lists: list[list[float]]) -> str:
+    """'yes' when some paired gain's mean exceeds its standard deviation over >= MIN_SEEDS seeds, 'no' when
+    none does with that many seeds, 'not yet (n < 3)' while every list is shorter."""
+    complete = [g for g in gain_lists if len(g) >= MIN_SEEDS]
+    if not complete:
+        return f"not yet (n < {MIN_SEEDS})"
+    return "yes" if any(mean_std(g)[0] > mean_std(g)[1] for g in complete) else "no"
+
+
 def summarize(results: list[dict[str, Any]]) -> str:
     table = cells(results)
     metrics = {bed_of(r): metric_of(r)[0] for r in results}
@@ -142,7 +154,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
         sens_at_control = table.get((bed, "senslora", control_lr), {})
         inverse = paired_gains(sens_at_control, table.get((bed, "inverse", control_lr), {}), metric)
         shuffled = paired_gains(sens_at_control, table.get((bed, "shuffled", control_lr), {}), metric)
-        discriminates = any(len(g) > 1 and mean_std(g)[0] > mean_std(g)[1] for g in (inverse, shuffled))
+        discriminates = verdict([inverse, shuffled])
         lora_lr, sens_lr = best_lr(table, bed, "lora", metric), best_lr(table, bed, "senslora", metric)
         lora = table.get((bed, "lora", lora_lr), {})
         sens = table.get((bed, "senslora", sens_lr), {})
@@ -151,7 +163,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
         sens_cell = f"{fmt_plain(list(sens.values()))} (lr {sens_lr:g})" if sens_lr is not None else "-"
         lora_cell = f"{fmt_plain(list(lora.values()))} (lr {lora_lr:g})" if lora_lr is not None else "-"
         lines.append(
-            f"| {bed} | {metric} | {fmt(inverse)} | {fmt(shuffled)} | {'yes' if discriminates else 'no'} "
+            f"| {bed} | {metric} | {fmt(inverse)} | {fmt(shuffled)} | {discriminates} "
             f"| {fmt(versus)} | {sens_cell} | {lora_cell} | {fmt_plain(baseline)} |"
         )
     lines += ["", "## Every allocator against tuned LoRA (each at its best learning rate, paired by seed)", ""]
@@ -165,10 +177,8 @@ def summarize(results: list[dict[str, Any]]) -> str:
             lr = best_lr(table, bed, name, metric)
             seeds = table[(bed, name, lr)]
             versus = paired_gains(seeds, lora, metric)
-            wins = len(versus) > 1 and mean_std(versus)[0] > mean_std(versus)[1]
             lines.append(
-                f"| {bed} | {name} | {lr:g} | {fmt_plain(list(seeds.values()))} | {fmt(versus)} "
-                f"| {'yes' if wins else 'no'} |"
+                f"| {bed} | {name} | {lr:g} | {fmt_plain(list(seeds.values()))} | {fmt(versus)} | {verdict([versus])} |"
             )
     lines += ["", "## Cost of each test bed (sum over its finished runs)", ""]
     lines += ["| test bed | runs | wall hours | hours per run |", "|---|---:|---:|---:|"]

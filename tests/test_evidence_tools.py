@@ -114,3 +114,10 @@ def test_every_allocator_is_compared_with_tuned_lora(tools):
     # fisher - LoRA = 0.02, 0.03, 0.04: mean 0.03 > std 0.01
     assert "+0.0300 ± 0.0100 (n=3) | yes |" in rows["senslora-fisher"]
     assert "-0.0100 ± 0.0100 (n=3) | no |" in rows["adalora"]
+
+
+def test_no_verdict_before_three_seeds(tools):
+    _, summary = tools
+    assert summary.verdict([[0.05, 0.04]]) == "not yet (n < 3)"
+    assert summary.verdict([[0.05, 0.04], [0.01, -0.02, 0.00]]) == "no"
+    assert summary.verdict([[0.05, 0.04, 0.06]]) == "yes"
