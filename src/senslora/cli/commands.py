@@ -233,7 +233,8 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
 
 
 def run_allocate_command(args: argparse.Namespace) -> int:
-    from senslora.finetune.pipeline import load_sensitivity_file, run_allocation
+    from senslora.core.artifacts import load_sensitivity_file
+    from senslora.finetune.pipeline import run_allocation
     from senslora.utils.io import atomic_write_json
 
     config = resolve_config(args)

@@ -12,4 +12,5 @@ Imports only `senslora.utils`; knows nothing of fine-tuning, reports or the comm
     allocation.py           fused scores -> integer ranks under a budget; ranks.json
     spectrum_allocation.py  ranks from gradient singular values
     peft_export.py          Allocation -> peft.LoraConfig(rank_pattern=..., alpha_pattern=...)
+    artifacts.py            reading sensitivity.json and ranks.json (their file names, their errors)
 """

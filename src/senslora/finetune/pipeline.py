@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from senslora.core.allocation import Allocation, allocate_ranks, check_budget_fits, effective_max_rank
-from senslora.core.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
+from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, load_ranks_file, load_sensitivity_file
+from senslora.core.metrics import ModuleSensitivity, sensitivities_to_json
 from senslora.core.sensitivity import estimate_sensitivity
 from senslora.core.spectrum_allocation import allocate_spectrum_ranks
 from senslora.core.targets import find_target_layers, layer_shape
@@ -350,24 +351,6 @@ def run_allocation(
     )
 
 
-def load_sensitivity_file(path: str | Path) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
-    """Read a sensitivity.json; ValueError names the file and what is wrong with it."""
-    text = read_text(path, "sensitivity file")
-    try:
-        return sensitivities_from_json(text)
-    except ValueError as error:
-        raise ValueError(f"sensitivity file {str(path)!r}: {error}") from None
-
-
-def load_ranks_file(path: str | Path) -> Allocation:
-    """Read a ranks.json; ValueError names the file and what is wrong with it."""
-    text = read_text(path, "ranks file")
-    try:
-        return Allocation.from_json(text)
-    except ValueError as error:
-        raise ValueError(f"ranks file {str(path)!r}: {error}") from None
-
-
 def check_allocation_fits(model: nn.Module, allocation: Allocation, source: str | Path) -> None:
     """Raise ValueError if the ranks name a module the model lacks, or one of another shape.
 
@@ -558,11 +541,11 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     ranks_source: str | Path | None = config.ranks
     allocation = load_ranks_file(config.ranks) if config.ranks else None
     sensitivities, sensitivity_metadata, sensitivity_seconds = None, None, 0.0
-    if config.resume and config.method == "senslora" and allocation is None and (run_dir / "ranks.json").exists():
-        ranks_source = run_dir / "ranks.json"
+    if config.resume and config.method == "senslora" and allocation is None and (run_dir / RANKS_FILE).exists():
+        ranks_source = run_dir / RANKS_FILE
         allocation = load_ranks_file(ranks_source)
-        if (run_dir / "sensitivity.json").exists():
-            sensitivities, sensitivity_metadata = load_sensitivity_file(run_dir / "sensitivity.json")
+        if (run_dir / SENSITIVITY_FILE).exists():
+            sensitivities, sensitivity_metadata = load_sensitivity_file(run_dir / SENSITIVITY_FILE)
             sensitivity_seconds = float(sensitivity_metadata.get("seconds", 0.0))
     data = load_data(config)
     sft = uses_sft_trainer(data.task, config.method)
@@ -593,8 +576,8 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         sensitivity_seconds = sensitivity_metadata["seconds"]
         allocation = run_allocation(config, sensitivities)  # deterministic: the same on every process
         if main:
-            atomic_write_text(run_dir / "sensitivity.json", sensitivities_to_json(sensitivities, sensitivity_metadata))
-            atomic_write_json(run_dir / "ranks.json", allocation.to_dict())
+            atomic_write_text(run_dir / SENSITIVITY_FILE, sensitivities_to_json(sensitivities, sensitivity_metadata))
+            atomic_write_json(run_dir / RANKS_FILE, allocation.to_dict())
     if config.method == "eva" and batches is None:
         batches = calibration_batches(config, prepared, calibration_data)
     total_steps = total_training_steps(len(train_set), config.training())

@@ -14,7 +14,6 @@ reports tau between orderings from different calibration sets (0.97-0.98).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -23,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from senslora.core.allocation import RANKS_FORMAT, Allocation
+from senslora.core.artifacts import RANKS_FILE, read_json_file
 from senslora.core.metrics import SENSITIVITY_FORMAT
 from senslora.reporting.figures import DPI, figure_png_bytes
 from senslora.reporting.kendall import kendall_tau_b, tau_text
-from senslora.utils.io import atomic_write_bytes, read_text
+from senslora.utils.io import atomic_write_bytes
 
 DEFAULT_TOP = 10
 
@@ -147,15 +147,11 @@ def load_allocation_like(path: str | os.PathLike[str]) -> AllocationLike:
     """
     source = Path(path)
     if source.is_dir():
-        candidate = source / "ranks.json"
+        candidate = source / RANKS_FILE
         if not candidate.is_file():
-            raise ValueError(f"directory {str(source)!r} holds no ranks.json; pass a run directory or a ranks file")
+            raise ValueError(f"directory {str(source)!r} holds no {RANKS_FILE}; pass a run directory or a ranks file")
         source = candidate
-    text = read_text(source, "allocation file")
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"allocation file {str(source)!r} is not valid JSON: {error}") from None
+    document = read_json_file(source, "allocation file")
     if isinstance(document, dict) and document.get("format") == RANKS_FORMAT:
         return Allocation.from_dict(document)
     if isinstance(document, dict) and document.get("format") == SENSITIVITY_FORMAT:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from senslora.core.allocation import RANKS_FORMAT, Allocation, allocate_ranks
+from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, read_json_file
 from senslora.core.metrics import SENSITIVITY_FORMAT, ModuleSensitivity, sensitivities_from_json
 from senslora.core.module_types import module_position, module_type_sort_key
 from senslora.reporting.figures import DPI, figure_png_bytes
@@ -40,8 +41,6 @@ RANK_MAP_FILE = "rank_map.png"
 METRICS_FILE = "metrics_by_layer.png"
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
-SENSITIVITY_FILE = "sensitivity.json"
-RANKS_FILE = "ranks.json"
 CONFIG_FILES = ("config.json", "config.yaml", "config.yml")
 DEFAULT_AVG_RANK = 4.0
 NO_LAYER_LABEL = "no layer"
@@ -96,14 +95,9 @@ class ReportInputs:
     files_read: tuple[str, ...] = ()
 
 
-def _read_json(path: Path, what: str) -> Any:
-    text = read_text(path, what)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {error}") from None
-
-
+# The report puts the path before every error, a read error included, where core.artifacts'
+# load_sensitivity_file / load_ranks_file say "sensitivity file '<path>': ..."; keeping the report's messages
+# as they are, these two wrap the same pieces (read_text, read_json_file, the format parsers) themselves.
 def _parse_sensitivity(path: Path) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
     try:
         return sensitivities_from_json(read_text(path, "sensitivity file"))
@@ -113,7 +107,7 @@ def _parse_sensitivity(path: Path) -> tuple[dict[str, ModuleSensitivity], dict[s
 
 def _parse_ranks(path: Path) -> Allocation:
     try:
-        return Allocation.from_dict(_read_json(path, "ranks file"))
+        return Allocation.from_dict(read_json_file(path, "ranks file"))
     except ValueError as error:
         raise ValueError(f"{str(path)!r}: {error}") from None
 
@@ -152,7 +146,7 @@ def load_report_inputs(source: str | os.PathLike[str], *, avg_rank: float = DEFA
                 break
         files_read = [name for name in (SENSITIVITY_FILE, RANKS_FILE, config_name) if name and (path / name).is_file()]
     else:
-        document = _read_json(path, "report source")
+        document = read_json_file(path, "report source")
         kind = document.get("format") if isinstance(document, dict) else None
         if kind == SENSITIVITY_FORMAT:
             sensitivities, metadata = _parse_sensitivity(path)
