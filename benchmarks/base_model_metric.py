@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="+", help="experiment names of the full profile")
     args = parser.parse_args(argv)
 
-    from senslora.cli import quiet_libraries
-    from senslora.config import RunConfig
-    from senslora.io import atomic_write_json
-    from senslora.pipeline import evaluate_on_validation, prepare
+    from senslora.cli.commands import quiet_libraries
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.pipeline import evaluate_on_validation, prepare
+    from senslora.utils.io import atomic_write_json
 
     quiet_libraries()
     known = {e.name: e for e in PROFILES["full"]()}

@@ -27,10 +27,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from senslora.cli import quiet_libraries
-from senslora.config import RunConfig
-from senslora.io import atomic_write_json
-from senslora.pipeline import calibration_batches, finetune, package_versions, prepare, run_sensitivity
+from senslora.cli.commands import quiet_libraries
+from senslora.finetune.config import RunConfig
+from senslora.finetune.pipeline import calibration_batches, finetune, package_versions, prepare, run_sensitivity
+from senslora.utils.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # Model name -> its data, sequence length and batch size for this check.

@@ -53,7 +53,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 
 import senslora
-from senslora.estimators import fisher_diagonals
+from senslora.core.estimators import fisher_diagonals
 
 WORKLOADS = (
     "forward",

@@ -8,7 +8,7 @@ token batches (batch 4, length 128, some rows padded at the end), labels = input
 Workloads, each in a fresh process (so peak memory is its own): the plain no-grad `forward` and
 `forward_backward` (only the target weights require grad, gradients freed after each batch) baselines, and
 the `activation`, `fisher` and `hutchinson` (num_probes=1) estimators, and `fisher_diagonal`: the fisher
-estimator pass alone (senslora.estimators.fisher_diagonals), without the per-module metrics.
+estimator pass alone (senslora.core.estimators.fisher_diagonals), without the per-module metrics.
 Time: median over `--repeats` passes over `--batches` batches (fewer once the passes took `--time-budget`
 seconds), after a one-batch warm-up. Memory: peak RSS minus the RSS once the model and batches are loaded
 (peak reset there through /proc/self/clear_refs).
@@ -44,7 +44,7 @@ import torch
 
 import senslora
 from bench_sensitivity_cost import current_rss_bytes, environment, peak_rss_bytes, settle_memory
-from senslora.estimators import fisher_diagonals
+from senslora.core.estimators import fisher_diagonals
 
 WORKLOADS = ("forward", "activation", "forward_backward", "fisher", "fisher_diagonal", "hutchinson")
 BASELINE = {

@@ -60,7 +60,7 @@ def control_allocation(config: Any, kind: str) -> tuple[Any, dict[str, Any]]:
 
     Returns (permuted Allocation, record of the original ranks and theta for the results file).
     """
-    from senslora.pipeline import calibration_batches, load_data, prepare, run_allocation, run_sensitivity
+    from senslora.finetune.pipeline import calibration_batches, load_data, prepare, run_allocation, run_sensitivity
 
     if kind not in CONTROLS:
         raise ValueError(f"unknown control {kind!r}; allowed: {', '.join(CONTROLS)}")
@@ -84,9 +84,9 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
     epochs x ceil(train examples / batch size) steps over the training set in a seeded order per epoch,
     i.e. as many steps as the adapter runs take.
     """
-    from senslora.head_warmup import warm_up_head
-    from senslora.pipeline import evaluate_on_validation, load_data, prepare
-    from senslora.tokenization import make_batches, make_collator, tokenize_dataset
+    from senslora.finetune.head_warmup import warm_up_head
+    from senslora.finetune.pipeline import evaluate_on_validation, load_data, prepare
+    from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset
 
     if kind not in BASELINES:
         raise ValueError(f"unknown baseline {kind!r}; allowed: {', '.join(BASELINES)}")
@@ -111,7 +111,7 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
 
 
 def write_ranks(allocation: Any, directory: Path) -> Path:
-    from senslora.io import atomic_write_json
+    from senslora.utils.io import atomic_write_json
 
     path = directory / "control-ranks.json"
     atomic_write_json(path, allocation.to_dict())

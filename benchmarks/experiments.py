@@ -1,7 +1,7 @@
 """The benchmark grid: which experiments each profile runs.
 
 One experiment = model + task + method + budget + seed (+ options) -> one results JSON. Every experiment is
-a set of `senslora.config.RunConfig` overrides; the harness never copies the library's training loop.
+a set of `senslora.finetune.config.RunConfig` overrides; the harness never copies the library's training loop.
 
 Profiles:
 - smoke: two runs of a few steps (CI);

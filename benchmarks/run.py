@@ -5,7 +5,7 @@
     python benchmarks/run.py --profile full --jobs 2    # two experiments at a time, threads split between them
     python benchmarks/run.py --profile evidence --jobs 2 --only minilm-r1 --only head-only  # test beds
 
-A rerun skips experiments whose results file exists. Each worker calls `senslora.pipeline.finetune` (the
+A rerun skips experiments whose results file exists. Each worker calls `senslora.finetune.pipeline.finetune` (the
 library's own pipeline) in a temporary run directory and records configuration, package versions,
 hardware, git commit, trainable parameters, per-module ranks and learned update norms, per-epoch metrics,
 the wall times of the sensitivity pass and of training, the mean step time and the process's peak
@@ -101,10 +101,10 @@ def adapter_update_norms(weights: dict[str, Any], config: dict[str, Any]) -> dic
 
 def run_worker(experiment: Experiment, output: Path) -> None:
     """In a fresh process: run one experiment and write its results JSON."""
-    from senslora.cli import quiet_libraries
-    from senslora.config import RunConfig
-    from senslora.io import atomic_write_json
-    from senslora.pipeline import finetune, package_versions
+    from senslora.cli.commands import quiet_libraries
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.pipeline import finetune, package_versions
+    from senslora.utils.io import atomic_write_json
 
     quiet_libraries()
     overrides = dict(experiment.overrides)

@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
 
-    from senslora.config import RunConfig
-    from senslora.io import atomic_write_json
-    from senslora.metrics import ModuleSensitivity
-    from senslora.pipeline import run_allocation
+    from senslora.core.metrics import ModuleSensitivity
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.pipeline import run_allocation
+    from senslora.utils.io import atomic_write_json
 
     for seed in args.seeds:
         source = SOURCE.with_name(SOURCE.name.format(seed=seed))

@@ -10,7 +10,7 @@ For each estimator, the real MiniLM (one fixed random classifier head) is calibr
 - different sizes: 10%, 20% and 50% of a 512-snippet Rotten Tomatoes sample, against all 512;
 - different seeds: three independent 256-snippet samples;
 and every allocation (average rank 4) is compared with its reference (Rotten Tomatoes, 256 snippets, seed
-0; for sizes, all 512 snippets) by `senslora.compare.compare_allocations`, the code of `senslora compare`.
+0; for sizes, all 512 snippets) by `senslora.reporting.compare.compare_allocations`, the code of `senslora compare`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 
 
 def batches_for(source: str, count: int, seed: int, model_task, tokenizer, labelled: bool) -> list[dict]:
-    from senslora.data import DataSpec, load_calibration_source
-    from senslora.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
+    from senslora.finetune.data import DataSpec, load_calibration_source
+    from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 
     spec = DataSpec(source=source, seed=seed)
     sample = load_calibration_source(spec, count, seed)
@@ -48,11 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from senslora import allocate_ranks, estimate_sensitivity
-    from senslora.cli import quiet_libraries
-    from senslora.compare import compare_allocations
-    from senslora.data import DataSpec, load_task_data
-    from senslora.io import atomic_write_json
-    from senslora.models import load_model_and_tokenizer
+    from senslora.cli.commands import quiet_libraries
+    from senslora.finetune.data import DataSpec, load_task_data
+    from senslora.finetune.models import load_model_and_tokenizer
+    from senslora.reporting.compare import compare_allocations
+    from senslora.utils.io import atomic_write_json
 
     quiet_libraries()
     torch.manual_seed(0)

@@ -149,8 +149,8 @@ def paired_differences(results: list[dict[str, Any]], reference: str) -> list[st
 
 def theta_of(result: dict[str, Any]) -> dict[str, float]:
     """theta per module, recomputed from the sensitivity recorded in a result (the run's metric options)."""
-    from senslora.allocation import fuse_scores
-    from senslora.metrics import ModuleSensitivity
+    from senslora.core.allocation import fuse_scores
+    from senslora.core.metrics import ModuleSensitivity
 
     sensitivities = {m["name"]: ModuleSensitivity.from_dict(m) for m in result["sensitivity"]["modules"]}
     config = result["config"]
@@ -178,7 +178,7 @@ def head_table(results: list[dict[str, Any]], references: list[dict[str, Any]]) 
     (same calibration sample) over the modules both hold: for the warm-up variants it is the tau between
     the allocation before and after warm-up.
     """
-    from senslora.compare import kendall_tau_b
+    from senslora.reporting.kendall import kendall_tau_b
 
     cells: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for result in results:
@@ -244,8 +244,8 @@ def update_agreement(results: list[dict[str, Any]]) -> list[str]:
     the same average rank, learning rate and seed (and its update norms ||(alpha/r) B A|| recorded):
     Kendall tau between the LoRA update norms and senslora's theta and ranks, and per module type the
     share of LoRA's total update norm next to the share of senslora's ranks."""
-    from senslora.compare import kendall_tau_b
-    from senslora.module_types import infer_module_type
+    from senslora.core.module_types import infer_module_type
+    from senslora.reporting.kendall import kendall_tau_b
 
     lora = {(r["config"]["avg_rank"], r["config"]["learning_rate"], r["config"]["seed"]): r["update_norms"]
             for r in results if r["config"]["method"] == "lora" and r.get("update_norms")}  # fmt: skip
@@ -306,7 +306,7 @@ def plot_rank_profiles(results: list[dict[str, Any]], path: Path) -> Path | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from senslora.module_types import infer_module_type, order_module_types
+    from senslora.core.module_types import infer_module_type, order_module_types
 
     chosen: dict[str, dict[str, int]] = {}
     for result in sorted(results, key=lambda r: (r["group"] != "main", r["config"]["seed"], r["experiment"])):

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from senslora import Allocation
 from senslora.cli import main
-from senslora.metrics import sensitivities_from_json
+from senslora.core.metrics import sensitivities_from_json
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
 
@@ -184,7 +184,7 @@ def test_config_file_and_flags(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
 
 
 def test_shipped_configs_parse():
-    from senslora.config import RunConfig, load_config_file
+    from senslora.finetune.config import RunConfig, load_config_file
 
     configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
     assert configs, "the repository ships example configs"

@@ -18,9 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import senslora.pipeline as pipeline
+import senslora.finetune.pipeline as pipeline
 from senslora.cli import build_parser, main
-from senslora.metrics import ModuleSensitivity, sensitivities_to_json
+from senslora.core.metrics import ModuleSensitivity, sensitivities_to_json
 
 EXAMPLES = {"sensitivity": 300, "allocate": 300, "finetune": 300, "evaluate": 300, "report": 150, "compare": 150}
 JUNK_OPTIONS = ["--", "-", "-x", "--bogus", "--model=", "--avg-rank=-3", "--no-", "--config=", "-h"]
@@ -170,7 +170,7 @@ def config_documents() -> st.SearchStrategy[dict]:
     """Mappings of real option names (and a few unknown ones) to values of any YAML/JSON type."""
     from dataclasses import fields
 
-    from senslora.config import RunConfig
+    from senslora.finetune.config import RunConfig
 
     scalars = st.one_of(
         st.none(),

@@ -22,8 +22,8 @@ from transformers import (
 )
 
 from senslora.cli import build_parser
-from senslora.config import RunConfig, has_flag
-from senslora.models import check_max_length
+from senslora.finetune.config import RunConfig, has_flag
+from senslora.finetune.models import check_max_length
 
 DEFAULT_SHOWN = re.compile(r"\(default: (?P<value>[^()]*)\)$")
 
@@ -157,7 +157,7 @@ def test_max_length_beyond_the_position_limit_is_refused(build, limit):
 @pytest.mark.slow
 def test_smollm2_refuses_max_length_beyond_8192():
     """The real SmolLM2-135M (Llama architecture, rotary positions, trained for 8,192)."""
-    from senslora.models import load_model_and_tokenizer
+    from senslora.finetune.models import load_model_and_tokenizer
 
     model, _ = load_model_and_tokenizer("smollm2", "causal_lm")
     check_max_length(model, 8192)

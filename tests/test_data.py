@@ -21,7 +21,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from senslora.data import (
+from senslora.finetune.data import (
     GLUE_PRESETS,
     IGNORE_INDEX,
     DataSpec,
@@ -31,7 +31,7 @@ from senslora.data import (
     load_task_data,
     strip_wiki_markup,
 )
-from senslora.tokenization import (
+from senslora.finetune.tokenization import (
     make_batches,
     make_collator,
     make_dataloader,

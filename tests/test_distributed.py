@@ -23,7 +23,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import senslora
-from senslora.distributed import (
+from senslora.core.estimators import activation_diagonals, fisher_diagonals
+from senslora.utils.distributed import (
     PROBE_SEED_STRIDE,
     broadcast_object,
     is_distributed,
@@ -34,7 +35,6 @@ from senslora.distributed import (
     shard_batches,
     world_size,
 )
-from senslora.estimators import activation_diagonals, fisher_diagonals
 
 # ----------------------------------------------------------------------------- helpers in one process
 
@@ -109,11 +109,11 @@ WORKER = textwrap.dedent(
     from transformers import BertConfig, BertForSequenceClassification
 
     import senslora
-    from senslora.distributed import (
+    from senslora.utils.distributed import (
         broadcast_object, is_main_process, main_process_first, rank, shard_batches, world_size,
     )
-    from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
-    from senslora.io import atomic_write_text
+    from senslora.core.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+    from senslora.utils.io import atomic_write_text
 
     SEED = 3
     NUM_PROBES = 2
@@ -435,7 +435,7 @@ def test_accelerate_fsdp_config_on_cpu_warns_and_trains_as_data_parallel(
     from safetensors.torch import load_file
 
     from senslora.cli import main
-    from senslora.engine import FSDP_ON_CPU_MESSAGE
+    from senslora.finetune.engine import FSDP_ON_CPU_MESSAGE
 
     config = tmp_path / "fsdp_cpu.yaml"
     config.write_text(FSDP_ON_CPU)

@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_bert, tiny_llama, token_batches
 from senslora import find_target_layers
-from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+from senslora.core.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
 
 
 def run(estimator: str, model, batches):

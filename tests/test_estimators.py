@@ -12,7 +12,7 @@ from torch.func import functional_call, hessian
 
 from conftest import tiny_bert, tiny_gpt2, tiny_llama, token_batches
 from senslora import estimate_sensitivity, find_target_layers
-from senslora.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
+from senslora.core.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from transformers.pytorch_utils import Conv1D
 
 from conftest import tiny_bert, tiny_gpt2, token_batches
 from senslora import estimate_sensitivity, find_target_layers
-from senslora.estimators import gradient_spectra, kfac_diagonals, obd_diagonals
-from senslora.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
+from senslora.core.estimators import gradient_spectra, kfac_diagonals, obd_diagonals
+from senslora.core.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
 
 QKV = ("attention.self.query", "attention.self.key", "attention.self.value")
 

@@ -9,7 +9,7 @@ import torch
 
 from conftest import tiny_bert, tiny_llama, token_batches
 from senslora import estimate_sensitivity
-from senslora.head_warmup import restore_head, snapshot_head, task_head_parameters, warm_up_head
+from senslora.finetune.head_warmup import restore_head, snapshot_head, task_head_parameters, warm_up_head
 
 
 def test_only_head_parameters_move():
@@ -60,7 +60,7 @@ def test_bad_warmup_requests():
 
 
 def _warmup_config(model_dir, data_csv, **overrides):
-    from senslora.config import RunConfig
+    from senslora.finetune.config import RunConfig
 
     settings = dict(model=str(model_dir), data=str(data_csv), estimator="fisher", head_warmup_steps=5)
     settings |= dict(calibration_examples=32, max_length=32, progress=False)
@@ -69,7 +69,7 @@ def _warmup_config(model_dir, data_csv, **overrides):
 
 @pytest.mark.parametrize("restore", [False, True])
 def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv, restore):
-    from senslora.pipeline import calibration_batches, prepare, run_sensitivity
+    from senslora.finetune.pipeline import calibration_batches, prepare, run_sensitivity
 
     config = _warmup_config(tiny_bert_dir, sentiment_csv, restore_warmed_head=restore)
     prepared = prepare(config)
@@ -89,7 +89,7 @@ def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv
 def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_path):
     import json
 
-    from senslora.pipeline import finetune
+    from senslora.finetune.pipeline import finetune
 
     run_dir = tmp_path / "run"
     config = _warmup_config(tiny_bert_dir, sentiment_csv, output_dir=str(run_dir), epochs=1, max_steps=2)
@@ -101,7 +101,7 @@ def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_p
 
 
 def test_loss_based_defaults_resolve_by_estimator_and_task():
-    from senslora.config import effective_head_warmup_steps
+    from senslora.finetune.config import effective_head_warmup_steps
 
     assert effective_head_warmup_steps(None, "fisher", "classification") == 50
     assert effective_head_warmup_steps(None, "hutchinson", "regression") == 50
@@ -113,7 +113,7 @@ def test_loss_based_defaults_resolve_by_estimator_and_task():
 
 def test_every_estimator_caps_ranks_at_twice_the_average_by_default():
     """The 2x cap is the default for every estimator (activation too); 0 (or none) reproduces the paper."""
-    from senslora.config import RunConfig, effective_max_rank_factor
+    from senslora.finetune.config import RunConfig, effective_max_rank_factor
 
     assert RunConfig().max_rank_factor == 2.0 and effective_max_rank_factor(RunConfig().max_rank_factor) == 2.0
     assert effective_max_rank_factor(0) is None and effective_max_rank_factor(None) is None

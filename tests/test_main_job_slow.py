@@ -28,7 +28,7 @@ def test_smollm2_converts_from_gguf_and_generates(tmp_path, monkeypatch):
     """The real SmolLM2-135M from its GGUF file, converted into a fresh cache, answers a factual prompt."""
     import torch
 
-    from senslora.models import load_model_and_tokenizer
+    from senslora.finetune.models import load_model_and_tokenizer
 
     monkeypatch.setenv("SENSLORA_CACHE", str(tmp_path / "cache"))
     model, tokenizer = load_model_and_tokenizer("smollm2", "causal_lm")

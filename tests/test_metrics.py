@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from senslora import ModuleSensitivity, effective_rank_metric, topk_metric, trace_metric
-from senslora.metrics import sensitivities_from_json, sensitivities_to_json, topk_count
+from senslora.core.metrics import sensitivities_from_json, sensitivities_to_json, topk_count
 
 
 def test_trace_is_the_sum():

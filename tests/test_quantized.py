@@ -15,7 +15,7 @@ from torch import nn
 
 from conftest import VOCAB, token_batches
 from senslora import allocate_ranks, estimate_sensitivity, find_target_layers
-from senslora.estimators import activation_diagonals
+from senslora.core.estimators import activation_diagonals
 from test_estimators import _captured_inputs_reference
 
 with warnings.catch_warnings():

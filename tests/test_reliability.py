@@ -26,11 +26,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-import senslora.pipeline as pipeline
-from senslora.allocation import DominanceWarning, allocate_ranks
+import senslora.finetune.pipeline as pipeline
 from senslora.cli import main
-from senslora.engine import last_checkpoint
-from senslora.io import (
+from senslora.core.allocation import DominanceWarning, allocate_ranks
+from senslora.core.metrics import (
+    ModuleSensitivity,
+    effective_rank_metric,
+    sensitivities_to_json,
+    topk_metric,
+    trace_metric,
+)
+from senslora.finetune.engine import last_checkpoint
+from senslora.utils.io import (
     append_line,
     atomic_directory,
     atomic_write_json,
@@ -38,7 +45,6 @@ from senslora.io import (
     recover_directory,
     truncate_log,
 )
-from senslora.metrics import ModuleSensitivity, effective_rank_metric, sensitivities_to_json, topk_metric, trace_metric
 
 SOURCE = Path(__file__).resolve().parent.parent / "src" / "senslora"
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
@@ -661,7 +667,7 @@ def test_config_file_cannot_run_code(tiny_bert_dir, sentiment_csv, tmp_path, cap
 
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     """YAML 1.1 reads `1e-3` as a string; the config loader still takes it as the number it means."""
-    from senslora.config import RunConfig, load_config_file
+    from senslora.finetune.config import RunConfig, load_config_file
 
     path = tmp_path / "run.yaml"
     path.write_text("learning_rate: 1e-3\nweight_decay: 0\n")
@@ -671,7 +677,7 @@ def test_yaml_exponent_without_dot_is_a_number(tmp_path):
 
 
 def test_python_api_rejects_wrong_types():
-    from senslora.config import RunConfig
+    from senslora.finetune.config import RunConfig
 
     for values, message in [
         ({"avg_rank": 2.5}, "avg_rank must be an integer"),
@@ -690,7 +696,7 @@ def test_python_api_rejects_wrong_types():
 
 SLOW_TRAINING = """
 import sys, time
-import senslora.training as training
+import senslora.finetune.training as training
 check = training._check_gradients
 def slow_check(model, step):
     time.sleep(0.3)
@@ -791,7 +797,7 @@ def test_interrupted_run_resumes_exactly(method, stop_at, tiny_bert_dir, sentime
     """Ctrl-C (exit 130) mid-epoch, then --resume: the same adapter as without the interruption. For AdaLoRA
     the checkpoint must carry its importance scores (the interruption falls inside its allocation phase);
     for LoRA with gradient accumulation the checkpoint falls between accumulation groups."""
-    import senslora.training as training
+    import senslora.finetune.training as training
 
     options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--method", method, *FAST]
     options += ["--batch-size", "8", "--save-steps", "3", "--log-every", "2"]
@@ -1112,8 +1118,8 @@ def test_source_loads_nothing_unsafely():
 def test_trust_remote_code_only_with_the_flag(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
     import inspect
 
-    from senslora.config import RunConfig
-    from senslora.models import load_model_and_tokenizer
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.models import load_model_and_tokenizer
 
     assert RunConfig().trust_remote_code is False
     assert inspect.signature(load_model_and_tokenizer).parameters["trust_remote_code"].default is False
@@ -1142,7 +1148,7 @@ class RunsCode:
 
 def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
     """A checkpoint whose optimizer.pt would run code when unpickled is refused before the Trainer loads it."""
-    from senslora.engine import check_resumable
+    from senslora.finetune.engine import check_resumable
 
     model = torch.nn.Linear(3, 2)
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"
@@ -1317,8 +1323,8 @@ def test_activation_diagonals_match_a_hand_computation(example):
     """h = (2/N) sum_n x_n^2 over non-padding tokens, from each Linear's input captured by a separate hook."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from senslora.estimators import activation_diagonals
-    from senslora.targets import find_target_layers
+    from senslora.core.estimators import activation_diagonals
+    from senslora.core.targets import find_target_layers
 
     shape, raw_batches = example
     torch.manual_seed(shape["seed"])
@@ -1365,7 +1371,7 @@ def test_activation_diagonals_match_a_hand_computation(example):
 
 def test_atomic_writes_get_the_modes_plain_writes_would(tmp_path):
     """Files and directories written atomically get 0666 / 0777 less the umask, like open() and mkdir()."""
-    from senslora.io import atomic_directory, atomic_write_text
+    from senslora.utils.io import atomic_directory, atomic_write_text
 
     previous = os.umask(0o027)
     try:

@@ -15,11 +15,11 @@ import pytest
 from matplotlib.image import imread
 
 import senslora
-from senslora.allocation import Allocation
-from senslora.cli_report import add_report_commands
-from senslora.compare import compare_allocations, load_allocation_like, plot_comparison
-from senslora.module_types import infer_module_type, module_position, order_module_types
-from senslora.report import build_module_grid, load_report_inputs, write_report
+from senslora.cli.report_commands import add_report_commands
+from senslora.core.allocation import Allocation
+from senslora.core.module_types import infer_module_type, module_position, order_module_types
+from senslora.reporting.compare import compare_allocations, load_allocation_like, plot_comparison
+from senslora.reporting.report import build_module_grid, load_report_inputs, write_report
 
 BERT_TYPES = {
     "attention.self.query": (32, 32),
@@ -530,7 +530,8 @@ def test_cli_report_and_compare(bert_run: Path, tmp_path: Path, capsys: pytest.C
 
 def test_import_does_not_load_matplotlib():
     code = (
-        "import sys, senslora, senslora.report, senslora.compare, senslora.cli_report, senslora.module_types; "
+        "import sys, senslora, senslora.reporting.report, senslora.reporting.compare, "
+        "senslora.cli.report_commands, senslora.core.module_types; "
         "print('matplotlib' in sys.modules, 'scipy.stats' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import senslora.pipeline as pipeline
+import senslora.finetune.pipeline as pipeline
 from senslora.cli import main
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--calibration-examples", "16"]
@@ -154,7 +154,7 @@ def test_run_failing_after_results_keeps_them(tiny_bert_dir, sentiment_csv, tmp_
 
 def test_run_failing_after_a_checkpoint_keeps_it(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
     """A failure in training after the first checkpoint leaves the run to --resume."""
-    import senslora.engine as engine
+    import senslora.finetune.engine as engine
 
     run_dir = tmp_path / "run"
     save = engine.write_checkpoint_state

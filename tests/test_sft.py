@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import senslora.pipeline as pipeline
+import senslora.finetune.pipeline as pipeline
 from conftest import tiny_decoder_tokenizer, tiny_llama
 from senslora.cli import main
-from senslora.config import load_config_file
-from senslora.data import PLAIN_INSTRUCTION_TEMPLATE
-from senslora.engine import training_arguments
-from senslora.training import TrainingConfig
+from senslora.finetune.config import load_config_file
+from senslora.finetune.data import PLAIN_INSTRUCTION_TEMPLATE
+from senslora.finetune.engine import training_arguments
+from senslora.finetune.training import TrainingConfig
 
 # Three training examples of different lengths (one batch of 3: right padding inside the batch), two for validation.
 TRAIN = [
@@ -127,9 +127,9 @@ def test_instruction_run_writes_a_stock_peft_adapter(sft_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from senslora.data import DataSpec, load_task_data
-    from senslora.evaluation import evaluate_model
-    from senslora.tokenization import make_collator, tokenize_dataset
+    from senslora.finetune.data import DataSpec, load_task_data
+    from senslora.finetune.evaluation import evaluate_model
+    from senslora.finetune.tokenization import make_collator, tokenize_dataset
 
     kind, model_dir, run_dir = sft_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -255,7 +255,7 @@ def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkey
 def test_interrupted_sft_run_resumes_exactly(tmp_path, capsys, monkeypatch):
     """Ctrl-C mid-epoch (step 5, checkpoint at step 3), then --resume: the same adapter, metrics and log as
     an uninterrupted run."""
-    import senslora.training as training
+    import senslora.finetune.training as training
 
     model_dir = save_tiny_llama(tmp_path / "model", chat=True)
     options = [*instruction_options(tmp_path, model_dir), "--batch-size", "1", "--epochs", "3", "--method", "lora"]

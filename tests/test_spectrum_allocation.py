@@ -8,8 +8,8 @@ import random
 import pytest
 
 from senslora import Allocation
-from senslora.metrics import ModuleSensitivity
-from senslora.spectrum_allocation import allocate_spectrum_ranks
+from senslora.core.metrics import ModuleSensitivity
+from senslora.core.spectrum_allocation import allocate_spectrum_ranks
 
 
 def module(name: str, d_in: int, d_out: int, spectrum: tuple[float, ...]) -> ModuleSensitivity:

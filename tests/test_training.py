@@ -10,8 +10,8 @@ from peft import get_peft_model
 
 from conftest import tiny_bert, token_batches
 from senslora import allocate_ranks, estimate_sensitivity, to_lora_config
-from senslora.engine import train, training_arguments
-from senslora.training import TrainingConfig, epoch_order, learning_rate_factor, steps_per_epoch
+from senslora.finetune.engine import train, training_arguments
+from senslora.finetune.training import TrainingConfig, epoch_order, learning_rate_factor, steps_per_epoch
 
 
 def test_learning_rate_schedule_by_hand():

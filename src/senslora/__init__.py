@@ -4,11 +4,22 @@ sensitivities = senslora.estimate_sensitivity(model, batches)          # per-mod
 allocation = senslora.allocate_ranks(sensitivities, avg_rank=4)       # integer ranks, exact budget
 config = senslora.to_lora_config(allocation, lora_alpha=8)            # a peft.LoraConfig
 model = peft.get_peft_model(model, config)
+
+The package is four layers over a utility folder; each imports only from the ones below it
+(tests/test_architecture.py keeps it so, and keeps the module imports free of cycles):
+
+    cli/        the `senslora` command: parses options, calls finetune and reporting
+    finetune/   data, models, training, evaluation, the end-to-end run       | side by side: neither
+    reporting/  report of one allocation, comparison of two (no model)       | imports the other
+    core/       the method: targets, estimators, metrics, allocation, PEFT export
+    utils/      atomic io, distributed helpers
+
+This module re-exports the core's public names; importing it needs neither the CLI nor the benchmark extras.
 """
 
-import senslora._quiet_imports  # noqa: F401  (first: before peft imports bitsandbytes)
-from senslora.allocation import Allocation, DominanceWarning, allocate_ranks, fuse_scores, fusion_weight
-from senslora.metrics import (
+import senslora.utils._quiet_imports  # noqa: F401  (first: before peft imports bitsandbytes)
+from senslora.core.allocation import Allocation, DominanceWarning, allocate_ranks, fuse_scores, fusion_weight
+from senslora.core.metrics import (
     ModuleSensitivity,
     effective_rank_metric,
     sensitivities_from_json,
@@ -16,9 +27,9 @@ from senslora.metrics import (
     topk_metric,
     trace_metric,
 )
-from senslora.peft_export import to_lora_config
-from senslora.sensitivity import ESTIMATORS, estimate_sensitivity
-from senslora.targets import find_target_layers
+from senslora.core.peft_export import to_lora_config
+from senslora.core.sensitivity import ESTIMATORS, estimate_sensitivity
+from senslora.core.targets import find_target_layers
 
 __version__ = "0.1.0"
 

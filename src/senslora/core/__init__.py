@@ -1,0 +1,16 @@
+"""The method itself: target layers -> sensitivity per module -> ranks -> a PEFT LoraConfig.
+
+Imports only `senslora.utils`; knows nothing of fine-tuning, reports or the command line.
+
+    targets.py              which Linear layers are adapted, and their shapes
+    module_types.py         module type and position from a full module name (for ordering and figures)
+    calibration.py          calibration batches, the loss, and helpers the estimators share
+    estimators/             Hessian-diagonal estimators: activation, fisher, hutchinson; obd, kfac,
+                            gradient_spectrum
+    sensitivity.py          estimate_sensitivity: estimator -> ModuleSensitivity per module
+    metrics.py              trace, top-k and effective rank of a diagonal; sensitivity.json
+    allocation.py           fused scores -> integer ranks under a budget; ranks.json
+    spectrum_allocation.py  ranks from gradient singular values
+    peft_export.py          Allocation -> peft.LoraConfig(rank_pattern=..., alpha_pattern=...)
+    artifacts.py            reading sensitivity.json and ranks.json (their file names, their errors)
+"""

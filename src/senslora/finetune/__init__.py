@@ -1,0 +1,17 @@
+"""Fine-tuning with the ranks of `senslora.core`: data, models, training, evaluation, the whole run.
+
+Imports `senslora.core` and `senslora.utils`; knows nothing of reports or the command line.
+
+    config.py        RunConfig: every option of a run, with its help text and checks
+    data.py          task data: presets, local files, the hub, sampling, calibration subsets
+    tokenization.py  tokenising tasks and building collators and calibration batches
+    models.py        loading a model and tokenizer for a task
+    methods.py       senslora, lora, adalora, eva: building the PEFT model of each
+    training.py      TrainingConfig, the schedule and data order, divergence checks
+    engine.py        transformers.Trainer with senslora's checkpoints, resume and log
+    sft.py           TRL's SFTTrainer for instruction data
+    head_warmup.py   training the task head alone before calibration
+    evaluation.py    evaluating a model on a task
+    task_metrics.py  the metric of each task
+    pipeline.py      prepare -> sensitivity -> allocation -> train -> evaluate, as one run directory
+"""
