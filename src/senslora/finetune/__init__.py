@@ -3,7 +3,7 @@
 Imports `senslora.core` and `senslora.utils`; knows nothing of reports or the command line.
 
     config.py        RunConfig: every option of a run, with its help text and checks
-    data.py          task data: presets, local files, the hub, sampling, calibration subsets
+    data/            task data: presets, local files, the hub, sampling, calibration subsets
     tokenization.py  tokenising tasks and building collators and calibration batches
     models.py        loading a model and tokenizer for a task
     methods.py       senslora, lora, adalora, eva: building the PEFT model of each

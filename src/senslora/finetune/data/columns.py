@@ -1,0 +1,236 @@
+"""Columns and labels: which columns hold the text and the label, the task they imply, and label ids."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from senslora.finetune.data.presets import TASKS, _Preset
+from senslora.finetune.data.spec import DataSpec
+from senslora.finetune.data.task_data import _Columns, _Source
+
+_TEXT_CANDIDATES = ("text", "sentence", "content", "document")
+_PAIR_CANDIDATES = (("sentence1", "sentence2"), ("question1", "question2"), ("premise", "hypothesis"))
+_LABEL_CANDIDATES = ("label", "labels")
+_PROMPT_CANDIDATES = ("prompt", "instruction", "query")
+_RESPONSE_CANDIDATES = ("response", "output", "completion", "answer")
+
+
+def _pick(
+    given: str | None, default: str | None, candidates: Sequence[str], columns: Sequence[str], role: str
+) -> str | None:
+    if given is not None:
+        if given not in columns:
+            raise ValueError(f"{role} column {given!r} not found; available columns: {', '.join(columns)}")
+        return given
+    if default is not None:
+        return default if default in columns else None
+    return next((c for c in candidates if c in columns), None)
+
+
+def _require(name: str | None, role: str, task: str, hint: str | None, columns: Sequence[str]) -> str:
+    if name is None:
+        wanted = f"column {hint!r}" if hint else f"{role} column"
+        raise ValueError(
+            f"task {task!r} needs a {role} column: {wanted} not found (set {role}_column); "
+            f"available columns: {', '.join(columns)}"
+        )
+    return name
+
+
+def _label_kind(values: pd.Series) -> str:
+    """ "int", "float" or "str": how the labels of a column are written."""
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_integer_dtype(values):
+        return "int"
+    if pd.api.types.is_float_dtype(values):
+        return "float"
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        return "int"
+    if all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values):
+        return "float"
+    return "str"
+
+
+def _infer_task(columns: _Columns, train: pd.DataFrame, class_names: dict[str, list[str]]) -> str:
+    if columns.prompt is not None and columns.response is not None:
+        return "instruction"
+    label = columns.label
+    if label is not None:
+        if label in class_names:
+            return "classification"
+        values = train[label].dropna()
+        if _label_kind(values) != "float":
+            return "classification"
+        numbers = values.to_numpy(dtype=np.float64)
+        return "classification" if np.all(numbers == np.round(numbers)) else "regression"
+    if columns.text is not None:
+        return "causal_lm"
+    raise ValueError(
+        f"cannot infer the task from the columns {', '.join(train.columns)}: give task= "
+        f"({', '.join(TASKS)}) and the column names"
+    )
+
+
+def _clean_rows(frame: pd.DataFrame, text_columns: Sequence[str], label: str | None) -> tuple[pd.DataFrame, int]:
+    """Keep the used columns; drop rows with a missing or blank text or a missing label."""
+    keep = np.ones(len(frame), dtype=bool)
+    cleaned: dict[str, Any] = {}
+    for column in text_columns:
+        values = frame[column]
+        missing = values.isna().to_numpy()
+        texts = values.where(~missing, "").astype(str).str.strip()
+        keep &= ~missing & (texts != "").to_numpy()
+        cleaned[column] = texts.to_numpy(dtype=object)
+    if label is not None:
+        keep &= ~frame[label].isna().to_numpy()
+        cleaned["label"] = frame[label].to_numpy(dtype=object)
+    table = pd.DataFrame(cleaned)[keep].reset_index(drop=True)
+    return table, int((~keep).sum())
+
+
+def _label_ids(
+    values: pd.Series, names: Sequence[str] | None, column: str, where: str
+) -> tuple[np.ndarray | None, list[Any]]:
+    """Integer labels as ints, or string labels as strings; `names` given: ids checked or mapped."""
+    kind = _label_kind(values)
+    if kind == "float":
+        numbers = values.to_numpy(dtype=np.float64)
+        fractional = numbers[np.abs(numbers - np.round(numbers)) > 0]
+        if fractional.size:
+            raise ValueError(
+                f"classification labels must be integers or strings; {where} column {column!r} holds "
+                f"{fractional[0]!r} (use task='regression' for numeric targets)"
+            )
+        kind = "int"
+    raw = values.to_numpy(dtype=np.int64) if kind == "int" else values.astype(str).to_numpy(dtype=object)
+    if names is None:
+        return None, raw.tolist()
+    if kind == "int":
+        outside = raw[(raw < 0) | (raw >= len(names))]
+        if outside.size:
+            raise ValueError(
+                f"{where} label {int(outside[0])} in column {column!r} is outside 0..{len(names) - 1} "
+                f"for the label names {list(names)}"
+            )
+        return raw, []
+    index = {name: i for i, name in enumerate(names)}
+    unknown = next((v for v in raw if v not in index), None)
+    if unknown is not None:
+        raise ValueError(f"{where} label {unknown!r} in column {column!r} is not one of the label names {list(names)}")
+    return np.array([index[v] for v in raw], dtype=np.int64), []
+
+
+def _classification_labels(
+    train: pd.Series, validation: pd.Series | None, names: Sequence[str] | None, column: str
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Label ids of train and validation and the class names, with one mapping for both."""
+    train_ids, train_raw = _label_ids(train, names, column, "train")
+    validation_ids, validation_raw = (
+        (None, []) if validation is None else _label_ids(validation, names, column, "validation")
+    )
+    if names is None:
+        kinds = {type(v) for v in train_raw + validation_raw}
+        if len(kinds) > 1:
+            train_raw, validation_raw = [str(v) for v in train_raw], [str(v) for v in validation_raw]
+        distinct = sorted(set(train_raw) | set(validation_raw))
+        index = {value: i for i, value in enumerate(distinct)}
+        names = [str(value) for value in distinct]
+        train_ids = np.array([index[v] for v in train_raw], dtype=np.int64)
+        if validation is not None:
+            validation_ids = np.array([index[v] for v in validation_raw], dtype=np.int64)
+    present = sorted(set(train_ids.tolist()))
+    if len(present) < 2:
+        found = [names[i] for i in present]
+        raise ValueError(
+            f"classification needs at least two classes; the train labels in column {column!r} hold only {found}"
+        )
+    return train_ids, validation_ids, list(names)
+
+
+def _regression_labels(values: pd.Series, column: str, where: str) -> np.ndarray:
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna().to_numpy() | pd.api.types.is_bool_dtype(values)
+    if bad.any():
+        raise ValueError(f"regression labels must be numbers; {where} column {column!r} holds {values[bad].iloc[0]!r}")
+    result = numbers.to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(result)):
+        raise ValueError(f"regression labels must be finite; {where} column {column!r} holds inf")
+    return result.astype(np.float32)
+
+
+def _resolve_columns(spec: DataSpec, source: _Source) -> tuple[str, _Columns]:
+    """The task and its columns: the spec's names, else the preset's, else the usual names."""
+    columns = [str(c) for c in source.train.columns]
+    preset = source.preset or _Preset(task="")
+    text = _pick(spec.text_column, preset.text_column, _TEXT_CANDIDATES, columns, "text")
+    pair = _pick(spec.text_pair_column, preset.text_pair_column, (), columns, "text_pair")
+    if text is None and spec.text_column is None and preset.text_column is None and pair is None:
+        text, pair = next(((a, b) for a, b in _PAIR_CANDIDATES if a in columns and b in columns), (None, None))
+    found = _Columns(
+        text=text,
+        text_pair=pair,
+        label=_pick(spec.label_column, preset.label_column, _LABEL_CANDIDATES, columns, "label"),
+        prompt=_pick(spec.prompt_column, None, _PROMPT_CANDIDATES, columns, "prompt"),
+        response=_pick(spec.response_column, None, _RESPONSE_CANDIDATES, columns, "response"),
+    )
+    task = spec.task or preset.task or _infer_task(found, source.train, source.class_names)
+
+    def need(name: str | None, role: str, given: str | None, default: str | None) -> str:
+        return _require(name, role, task, given or default, columns)
+
+    if task == "instruction":
+        resolved = _Columns(
+            prompt=need(found.prompt, "prompt", spec.prompt_column, None),
+            response=need(found.response, "response", spec.response_column, None),
+        )
+    elif task == "causal_lm":
+        resolved = _Columns(text=need(found.text, "text", spec.text_column, preset.text_column))
+    else:
+        text = need(found.text, "text", spec.text_column, preset.text_column)
+        if found.text_pair is None and preset.text_pair_column is not None:  # the preset's pair is required
+            need(None, "text_pair", None, preset.text_pair_column)
+        label = need(found.label, "label", spec.label_column, preset.label_column)
+        if label in (text, found.text_pair):
+            role = "text" if label == text else "text pair"
+            raise ValueError(
+                f"column {label!r} would be both the {role} and the label; name the label column with "
+                "--label-column (or another text column with --text-column)"
+            )
+        resolved = _Columns(text=text, text_pair=found.text_pair, label=label)
+    if source.validation is not None:
+        wanted = [*resolved.texts(), *([resolved.label] if resolved.label else [])]
+        missing = [c for c in wanted if c not in source.validation.columns]
+        if missing:
+            available = ", ".join(str(c) for c in source.validation.columns)
+            raise ValueError(
+                f"the validation data ({source.validation_origin}) lacks column {missing[0]!r}; "
+                f"available columns: {available}"
+            )
+    return task, resolved
+
+
+def _apply_labels(
+    task: str, train: pd.DataFrame, validation: pd.DataFrame | None, column: str, names: Sequence[str] | None
+) -> tuple[list[str] | None, int | None]:
+    """Turn the "label" column of train (and validation) into class ids or floats, in place.
+
+    Returns:
+        The class names and their count (classification), (None, 1) for regression, (None, None) otherwise.
+    """
+    if task == "classification":
+        train_ids, validation_ids, label_names = _classification_labels(
+            train["label"], None if validation is None else validation["label"], names, column
+        )
+        train["label"] = train_ids
+        if validation is not None:
+            validation["label"] = validation_ids
+        return label_names, len(label_names)
+    if task == "regression":
+        train["label"] = _regression_labels(train["label"], column, "train")
+        if validation is not None:
+            validation["label"] = _regression_labels(validation["label"], column, "validation")
+        return None, 1
+    return None, None

@@ -1,0 +1,160 @@
+"""`load_task_data`: a spec's source read, cleaned, labelled, split and capped; calibration samples of it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from senslora.finetune.data.columns import _apply_labels, _clean_rows, _resolve_columns
+from senslora.finetune.data.presets import TASK_METRICS, _Preset
+from senslora.finetune.data.sampling import (
+    _CALIBRATION_STREAM,
+    _TRAIN_CAP_STREAM,
+    _VALIDATION_CAP_STREAM,
+    _cap,
+    _carve_validation,
+    _permutation_prefix,
+)
+from senslora.finetune.data.sources import _load_source
+from senslora.finetune.data.spec import DataSpec
+from senslora.finetune.data.task_data import TaskData
+from senslora.finetune.task_metrics import greater_is_better
+
+
+def _to_dataset(frame: pd.DataFrame, task: str, label_names: list[str] | None) -> datasets.Dataset:
+    features = {column: datasets.Value("string") for column in frame.columns if column != "label"}
+    if task == "classification":
+        features["label"] = datasets.ClassLabel(names=label_names)
+    elif task == "regression":
+        features["label"] = datasets.Value("float32")
+    return datasets.Dataset.from_pandas(frame, features=datasets.Features(features), preserve_index=False)
+
+
+def _label_summary(frame: pd.DataFrame, task: str, label_names: list[str] | None) -> dict[str, Any] | None:
+    if task == "classification" and label_names is not None:
+        counts = Counter(frame["label"].tolist())
+        return {name: int(counts.get(i, 0)) for i, name in enumerate(label_names)}
+    if task == "regression":
+        values = frame["label"].to_numpy(dtype=np.float64)
+        return {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
+    return None
+
+
+def _metrics_of(task: str, preset: _Preset | None) -> tuple[list[str], str]:
+    if preset is not None and preset.task == task and preset.metric_names:
+        return list(preset.metric_names), preset.main_metric or preset.metric_names[0]
+    names, main = TASK_METRICS[task]
+    return list(names), main
+
+
+def load_task_data(spec: DataSpec) -> TaskData:
+    """Load, clean, label and split the data a spec names.
+
+    Returns:
+        TaskData with train and validation datasets and everything evaluation needs.
+    Raises:
+        ValueError: a missing or unreadable file, unknown format or source, a missing column, labels that do
+            not fit the task, an empty split, or a hub dataset that cannot be loaded.
+    """
+    source = _load_source(spec)
+    task, columns = _resolve_columns(spec, source)
+    why = "after dropping rows with a missing text or label"
+    train, dropped_train = _clean_rows(source.train, columns.texts(), columns.label)
+    if len(train) == 0:
+        raise ValueError(f"no training examples left in {source.location!r} {why}")
+    validation, dropped_validation = None, 0
+    if source.validation is not None:
+        validation, dropped_validation = _clean_rows(source.validation, columns.texts(), columns.label)
+        if len(validation) == 0:
+            raise ValueError(f"no validation examples left in the {source.validation_origin} {why}")
+
+    preset = source.preset
+    names = preset.label_names if preset is not None and preset.task == task else None
+    names = names or source.class_names.get(columns.label or "")
+    label_names, num_labels = _apply_labels(task, train, validation, columns.label or "", names)
+
+    origin = source.validation_origin or ""
+    if validation is None:
+        train_index, validation_index = _carve_validation(len(train), spec.validation_fraction, spec.seed)
+        validation = train.iloc[validation_index].reset_index(drop=True)
+        train = train.iloc[train_index].reset_index(drop=True)
+        origin = f"carved from train: fraction {spec.validation_fraction}, seed {spec.seed}"
+    train = _cap(train, spec.max_train_examples, spec.seed, _TRAIN_CAP_STREAM)
+    validation = _cap(validation, spec.max_validation_examples, spec.seed, _VALIDATION_CAP_STREAM)
+
+    metric_names, main_metric = _metrics_of(task, preset)
+    label_column = "label" if columns.label else None
+    task_origin = "given" if spec.task else "preset" if preset is not None and preset.task else "columns"
+    description: dict[str, Any] = {
+        "source": spec.source,
+        "kind": source.kind,
+        "location": source.location,
+        "task": task,
+        "task_origin": task_origin,
+        "available_columns": [str(c) for c in source.train.columns],
+        "columns": {**asdict(columns), "label": label_column, "source_label": columns.label},
+        "train_examples": len(train),
+        "validation_examples": len(validation),
+        "validation_origin": origin,
+        "rows_dropped": {"train": dropped_train, "validation": dropped_validation},
+        "seed": spec.seed,
+        "label_names": label_names,
+        "labels": {
+            "train": _label_summary(train, task, label_names),
+            "validation": _label_summary(validation, task, label_names),
+        },
+        "metric_names": metric_names,
+        "main_metric": main_metric,
+        **source.details,
+        "spec": spec.to_dict(),
+    }
+    return TaskData(
+        task=task,
+        train=_to_dataset(train, task, label_names),
+        validation=_to_dataset(validation, task, label_names),
+        text_column=columns.text,
+        text_pair_column=columns.text_pair,
+        label_column=label_column,
+        prompt_column=columns.prompt,
+        response_column=columns.response,
+        label_names=label_names,
+        num_labels=num_labels,
+        metric_names=metric_names,
+        main_metric=main_metric,
+        greater_is_better=greater_is_better(main_metric),
+        description=description,
+    )
+
+
+def calibration_subset(data: TaskData, num_examples: int, seed: int) -> datasets.Dataset:
+    """A seeded random sample of `num_examples` training examples (all of train if it is smaller).
+
+    With the same seed a smaller sample is contained in a larger one.
+    """
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
+    size = len(data.train)
+    if num_examples >= size:
+        return data.train
+    return data.train.select(_permutation_prefix(size, num_examples, seed, _CALIBRATION_STREAM).tolist())
+
+
+def load_calibration_source(spec: DataSpec, num_examples: int, seed: int) -> datasets.Dataset:
+    """A calibration sample from a separate source (its train part); text-only sources give one column "text"."""
+    data = load_task_data(spec)
+    sample = calibration_subset(data, num_examples, seed)
+    if data.task == "causal_lm" and data.text_column is not None:
+        sample = sample.select_columns([data.text_column])
+        if data.text_column != "text":
+            sample = sample.rename_column(data.text_column, "text")
+    return sample
