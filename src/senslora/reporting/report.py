@@ -15,6 +15,9 @@ Figure sizes (dpi 96; every size is a multiple of 1/8 inch, so pixels = 96 * inc
     metrics:    width  = min(30, max(8, 2 + 0.125 * slots)) inches, height = 11
 with rows = layer rows (+1 when a module has no layer index), types = distinct module types,
 slots = layer rows * types with a layer index + types without one + number of bar groups.
+
+The pieces: `report_inputs` reads the files, `module_grid` arranges the modules, `report_figures` draws the
+two figures; this module writes the text (HTML, markdown) and the files, and re-exports the pieces' names.
 """
 
 from __future__ import annotations
@@ -22,28 +25,57 @@ from __future__ import annotations
 import base64
 import html
 import json
-import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import RANKS_FORMAT, Allocation, allocate_ranks
-from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, read_json_file
-from senslora.core.metrics import SENSITIVITY_FORMAT, ModuleSensitivity, sensitivities_from_json
-from senslora.core.module_types import module_position, module_type_sort_key
-from senslora.reporting.figures import DPI, figure_png_bytes
+from senslora.core.allocation import Allocation
 from senslora.reporting.kendall import kendall_tau_b, tau_text
-from senslora.utils.io import atomic_write_bytes, atomic_write_text, read_text
+from senslora.reporting.module_grid import NO_LAYER_LABEL, ModuleGrid, ModuleRow, build_module_grid
+from senslora.reporting.report_figures import (
+    metric_slots,
+    metrics_figure_size,
+    plot_metrics_by_layer,
+    plot_rank_map,
+    rank_map_size,
+)
+from senslora.reporting.report_inputs import CONFIG_FILES, DEFAULT_AVG_RANK, ReportInputs, load_report_inputs
+from senslora.utils.io import atomic_write_bytes, atomic_write_text
 
 RANK_MAP_FILE = "rank_map.png"
 METRICS_FILE = "metrics_by_layer.png"
 HTML_FILE = "report.html"
 MARKDOWN_FILE = "report.md"
-CONFIG_FILES = ("config.json", "config.yaml", "config.yml")
-DEFAULT_AVG_RANK = 4.0
-NO_LAYER_LABEL = "no layer"
+
+__all__ = [
+    "CONFIG_FILES",
+    "DEFAULT_AVG_RANK",
+    "HTML_FILE",
+    "MARKDOWN_FILE",
+    "METRICS_FILE",
+    "NO_LAYER_LABEL",
+    "RANK_MAP_FILE",
+    "TABLE_COLUMNS",
+    "ModuleGrid",
+    "ModuleRow",
+    "ReportInputs",
+    "build_module_grid",
+    "format_number",
+    "load_report_inputs",
+    "metric_agreement",
+    "metric_slots",
+    "metrics_figure_size",
+    "plot_metrics_by_layer",
+    "plot_rank_map",
+    "rank_map_size",
+    "render_html",
+    "render_markdown",
+    "source_notes",
+    "summary_items",
+    "write_report",
+]
+
 TABLE_COLUMNS = (
     "name",
     "layer",
@@ -66,374 +98,6 @@ def format_number(value: float | int | str | None) -> str:
     if isinstance(value, int | str):
         return str(value)
     return f"{value:.6g}"
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-
-
-@dataclass(frozen=True)
-class ReportInputs:
-    """What a report is made from.
-
-    Attributes:
-        source: the path given.
-        sensitivities: per-module metrics, or None when only ranks.json is known.
-        sensitivity_metadata: free-form metadata of sensitivity.json (estimator, ...).
-        allocation: the ranks (read, or computed for the report).
-        allocation_computed: True when the ranks were computed from the sensitivities for the report.
-        config_name, config_text: the run's configuration file, verbatim, if there is one.
-        files_read: names of the files read (no directories, so a report does not depend on where it lies).
-    """
-
-    source: Path
-    sensitivities: dict[str, ModuleSensitivity] | None
-    sensitivity_metadata: dict[str, Any]
-    allocation: Allocation
-    allocation_computed: bool
-    config_name: str | None = None
-    config_text: str | None = None
-    files_read: tuple[str, ...] = ()
-
-
-# The report puts the path before every error, a read error included, where core.artifacts'
-# load_sensitivity_file / load_ranks_file say "sensitivity file '<path>': ..."; keeping the report's messages
-# as they are, these two wrap the same pieces (read_text, read_json_file, the format parsers) themselves.
-def _parse_sensitivity(path: Path) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
-    try:
-        return sensitivities_from_json(read_text(path, "sensitivity file"))
-    except ValueError as error:
-        raise ValueError(f"{str(path)!r}: {error}") from None
-
-
-def _parse_ranks(path: Path) -> Allocation:
-    try:
-        return Allocation.from_dict(read_json_file(path, "ranks file"))
-    except ValueError as error:
-        raise ValueError(f"{str(path)!r}: {error}") from None
-
-
-def load_report_inputs(source: str | os.PathLike[str], *, avg_rank: float = DEFAULT_AVG_RANK) -> ReportInputs:
-    """Read a run directory, a sensitivity.json or a ranks.json; compute ranks if only metrics are given.
-
-    Args:
-        source: run directory (holding sensitivity.json and/or ranks.json) or one of those files.
-        avg_rank: average rank used only when the ranks are computed here (no ranks.json).
-
-    Raises:
-        ValueError: missing path, a directory holding neither file, a file of another format, or a
-            sensitivity and a ranks file that list different modules.
-    """
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(
-            f"report source {str(path)!r} does not exist; pass a run directory, sensitivity.json or ranks.json"
-        )
-    sensitivities: dict[str, ModuleSensitivity] | None = None
-    metadata: dict[str, Any] = {}
-    allocation: Allocation | None = None
-    config_name = config_text = None
-    files_read: list[str] = []
-    if path.is_dir():
-        if (path / SENSITIVITY_FILE).is_file():
-            sensitivities, metadata = _parse_sensitivity(path / SENSITIVITY_FILE)
-        if (path / RANKS_FILE).is_file():
-            allocation = _parse_ranks(path / RANKS_FILE)
-        if sensitivities is None and allocation is None:
-            raise ValueError(f"directory {str(path)!r} holds neither {SENSITIVITY_FILE} nor {RANKS_FILE}")
-        for name in CONFIG_FILES:
-            if (path / name).is_file():
-                config_name, config_text = name, read_text(path / name, "config file")
-                break
-        files_read = [name for name in (SENSITIVITY_FILE, RANKS_FILE, config_name) if name and (path / name).is_file()]
-    else:
-        document = read_json_file(path, "report source")
-        kind = document.get("format") if isinstance(document, dict) else None
-        if kind == SENSITIVITY_FORMAT:
-            sensitivities, metadata = _parse_sensitivity(path)
-        elif kind == RANKS_FORMAT:
-            allocation = _parse_ranks(path)
-        else:
-            raise ValueError(
-                f"{str(path)!r} is not a senslora sensitivity file ({SENSITIVITY_FORMAT!r}) "
-                f"or ranks file ({RANKS_FORMAT!r})"
-            )
-        files_read = [path.name]
-    computed = allocation is None
-    if allocation is None:
-        assert sensitivities is not None
-        allocation = allocate_ranks(sensitivities, avg_rank=avg_rank)
-    if sensitivities is not None and set(sensitivities) != set(allocation.ranks):
-        only_metrics = sorted(set(sensitivities) - set(allocation.ranks))
-        only_ranks = sorted(set(allocation.ranks) - set(sensitivities))
-        raise ValueError(
-            f"{SENSITIVITY_FILE} and {RANKS_FILE} list different modules (only in metrics: {only_metrics[:3]}, "
-            f"only in ranks: {only_ranks[:3]}); they do not belong to the same run"
-        )
-    return ReportInputs(
-        path, sensitivities, metadata, allocation, computed, config_name, config_text, tuple(files_read)
-    )
-
-
-# ------------------------------------------------------------------------------------------ module grid
-
-
-@dataclass(frozen=True)
-class ModuleRow:
-    """One line of the module table (metrics are None without sensitivities)."""
-
-    name: str
-    row: int
-    layer: int | None
-    module_type: str
-    d_in: int
-    d_out: int
-    trace: float | None
-    topk: float | None
-    effective_rank: int | None
-    theta: float
-    rank: int
-
-    @property
-    def lora_params(self) -> int:
-        """r * (d_in + d_out)."""
-        return self.rank * (self.d_in + self.d_out)
-
-    def values(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "layer": self.layer,
-            "type": self.module_type,
-            "d_in": self.d_in,
-            "d_out": self.d_out,
-            "trace": self.trace,
-            "topk": self.topk,
-            "effective_rank": self.effective_rank,
-            "theta": self.theta,
-            "rank": self.rank,
-            "lora_params": self.lora_params,
-        }
-
-
-@dataclass(frozen=True)
-class ModuleGrid:
-    """Modules arranged as layer rows by type columns.
-
-    Attributes:
-        modules: every module, in display order (row, then type order, then name).
-        row_labels: one label per row, top to bottom ("no layer" last if any module lacks an index).
-        types: column order; types that occur with a layer index come first.
-        indexed_types, unindexed_types: types occurring in layer rows / in the "no layer" row.
-        has_unindexed_row: whether the last row is the "no layer" row.
-    """
-
-    modules: tuple[ModuleRow, ...]
-    row_labels: tuple[str, ...]
-    types: tuple[str, ...]
-    indexed_types: tuple[str, ...]
-    unindexed_types: tuple[str, ...]
-    has_unindexed_row: bool
-
-    def cell(self, row: int, module_type: str) -> ModuleRow | None:
-        for module in self.modules:
-            if module.row == row and module.module_type == module_type:
-                return module
-        return None
-
-
-def _short_stack_labels(stacks: Sequence[str]) -> dict[str, str]:
-    """Drop the dotted parts all stacks share at the front and back ("model.encoder.layers" -> "encoder")."""
-    if len(stacks) < 2:
-        return dict.fromkeys(stacks, "")
-    split = [stack.split(".") for stack in stacks]
-    front = 0
-    while all(len(parts) > front + 1 and parts[front] == split[0][front] for parts in split):
-        front += 1
-    back = 0
-    while all(len(parts) > front + back + 1 and parts[-1 - back] == split[0][-1 - back] for parts in split):
-        back += 1
-    labels = {stack: ".".join(parts[front : len(parts) - back]) for stack, parts in zip(stacks, split, strict=True)}
-    return labels if len(set(labels.values())) == len(stacks) else {stack: stack for stack in stacks}
-
-
-def build_module_grid(inputs: ReportInputs) -> ModuleGrid:
-    """Place every module in a (layer row, type column) cell; a type shared by two modules of one cell
-    falls back to their unshortened names, so no module is hidden."""
-    allocation = inputs.allocation
-    names = list(inputs.sensitivities) if inputs.sensitivities is not None else list(allocation.ranks)
-    positions = {name: module_position(name) for name in names}
-    types = {name: position.module_type for name, position in positions.items()}
-    cells: dict[tuple[str, int | None, str], list[str]] = {}
-    for name, position in positions.items():
-        cells.setdefault((position.stack, position.layer, position.module_type), []).append(name)
-    for members in cells.values():
-        if len(members) > 1:
-            for name in members:
-                types[name] = positions[name].suffix if positions[name].layer is not None else name
-    stacks = list(dict.fromkeys(p.stack for p in positions.values() if p.layer is not None))
-    stack_labels = _short_stack_labels(stacks)
-    row_keys = sorted(
-        {(p.stack, p.layer) for p in positions.values() if p.layer is not None},
-        key=lambda key: (stacks.index(key[0]), key[1]),
-    )
-    labels = [f"{stack_labels[stack]} {layer}".strip() for stack, layer in row_keys]
-    has_unindexed = any(p.layer is None for p in positions.values())
-    if has_unindexed:
-        labels.append(NO_LAYER_LABEL)
-    row_of = {key: index for index, key in enumerate(row_keys)}
-    rows: list[ModuleRow] = []
-    for name, position in positions.items():
-        metrics = inputs.sensitivities[name] if inputs.sensitivities is not None else None
-        d_in, d_out = allocation.shapes[name]
-        rows.append(
-            ModuleRow(
-                name=name,
-                row=row_of[(position.stack, position.layer)] if position.layer is not None else len(row_keys),
-                layer=position.layer,
-                module_type=types[name],
-                d_in=d_in,
-                d_out=d_out,
-                trace=metrics.trace if metrics else None,
-                topk=metrics.topk if metrics else None,
-                effective_rank=metrics.effective_rank if metrics else None,
-                theta=allocation.theta[name],
-                rank=allocation.ranks[name],
-            )
-        )
-    rows.sort(key=lambda m: (m.row, module_type_sort_key(m.module_type), m.name))
-    indexed = sorted({m.module_type for m in rows if m.layer is not None}, key=module_type_sort_key)
-    unindexed = sorted({m.module_type for m in rows if m.layer is None}, key=module_type_sort_key)
-    columns = indexed + [t for t in unindexed if t not in indexed]
-    return ModuleGrid(tuple(rows), tuple(labels), tuple(columns), tuple(indexed), tuple(unindexed), has_unindexed)
-
-
-# ------------------------------------------------------------------------------------------------ plots
-
-
-def rank_map_size(num_rows: int, num_types: int) -> tuple[float, float]:
-    """Rank map size in inches: (2.5 + 1.0 * types, 1.5 + 0.375 * rows)."""
-    return 2.5 + 1.0 * num_types, 1.5 + 0.375 * num_rows
-
-
-def metrics_figure_size(num_slots: int) -> tuple[float, float]:
-    """Per-layer metrics figure size in inches: (min(30, max(8, 2 + 0.125 * slots)), 11)."""
-    return min(30.0, max(8.0, 2.0 + 0.125 * num_slots)), 11.0
-
-
-def _type_colors(types: Sequence[str]) -> dict[str, Any]:
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10" if len(types) <= 10 else "tab20"]
-    return {module_type: palette(index % palette.N) for index, module_type in enumerate(types)}
-
-
-def plot_rank_map(grid: ModuleGrid, title: str) -> bytes:
-    """PNG bytes of the rank map: rows = layers (top = layer 0), columns = types, colour and number = rank."""
-    import numpy as np
-    from matplotlib import colormaps
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-
-    num_rows, num_types = len(grid.row_labels), len(grid.types)
-    values = np.full((num_rows, num_types), np.nan)
-    column = {module_type: index for index, module_type in enumerate(grid.types)}
-    for module in grid.modules:
-        values[module.row, column[module.module_type]] = module.rank
-    low, high = float(np.nanmin(values)), float(np.nanmax(values))
-    norm = Normalize(vmin=low, vmax=high if high > low else low + 1.0)
-    cmap = colormaps["viridis"].with_extremes(bad="white")
-
-    figure = Figure(figsize=rank_map_size(num_rows, num_types), dpi=DPI, layout="constrained")
-    axes = figure.add_subplot()
-    image = axes.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
-    for row in range(num_rows):
-        for col in range(num_types):
-            value = values[row, col]
-            if not math.isnan(value):
-                shade = norm(value)
-                axes.text(
-                    col,
-                    row,
-                    str(int(value)),
-                    ha="center",
-                    va="center",
-                    fontsize=9,
-                    color="white" if shade < 0.6 else "black",
-                )
-    axes.set_xticks(range(num_types), labels=grid.types, rotation=30, ha="right", rotation_mode="anchor", fontsize=9)
-    axes.set_yticks(range(num_rows), labels=grid.row_labels, fontsize=9)
-    axes.set_xticks(np.arange(-0.5, num_types, 1.0), minor=True)
-    axes.set_yticks(np.arange(-0.5, num_rows, 1.0), minor=True)
-    axes.grid(which="minor", color="white", linewidth=1.5)
-    axes.tick_params(which="minor", length=0)
-    if grid.has_unindexed_row:
-        axes.axhline(num_rows - 1.5, color="black", linewidth=1.5)
-    axes.set_ylabel("layer")
-    axes.set_title(title, fontsize=10)
-    colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
-    colorbar.set_label("LoRA rank")
-    if high - low <= 12:
-        colorbar.set_ticks(range(int(low), int(high) + 1))
-    return figure_png_bytes(figure)
-
-
-def metric_slots(grid: ModuleGrid) -> list[tuple[float, int, str]]:
-    """Bar positions (x, row, type): one slot per indexed type in each layer row, one per unindexed type in
-    the "no layer" row, and one empty slot between groups."""
-    slots: list[tuple[float, int, str]] = []
-    position = 0.0
-    for row in range(len(grid.row_labels)):
-        unindexed_row = grid.has_unindexed_row and row == len(grid.row_labels) - 1
-        for module_type in grid.unindexed_types if unindexed_row else grid.indexed_types:
-            slots.append((position, row, module_type))
-            position += 1.0
-        position += 1.0
-    return slots
-
-
-def plot_metrics_by_layer(grid: ModuleGrid, title: str) -> bytes:
-    """PNG bytes of four stacked bar charts (trace, top-k, effective rank, theta) per layer and type."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
-    slots = metric_slots(grid)
-    num_groups = len(grid.row_labels)
-    colors = _type_colors(grid.types)
-    figure = Figure(figsize=metrics_figure_size(len(slots) + num_groups), dpi=DPI, layout="constrained")
-    panels = (
-        ("trace", "trace (S_global)"),
-        ("topk", "top-k mean (S_topk)"),
-        ("effective_rank", "effective rank (S_eff)"),
-        ("theta", "theta (fused score)"),
-    )
-    axes_list = figure.subplots(len(panels), 1, sharex=True)
-    group_centres = []
-    for row in range(num_groups):
-        positions = [x for x, slot_row, _ in slots if slot_row == row]
-        group_centres.append(sum(positions) / len(positions) if positions else 0.0)
-    for axes, (field_name, label) in zip(axes_list, panels, strict=True):
-        xs, heights, bar_colors = [], [], []
-        for x, row, module_type in slots:
-            module = grid.cell(row, module_type)
-            if module is None:
-                continue
-            xs.append(x)
-            heights.append(float(module.values()[field_name]))
-            bar_colors.append(colors[module_type])
-        axes.bar(xs, heights, width=0.9, color=bar_colors)
-        axes.set_ylabel(label, fontsize=9)
-        axes.grid(True, axis="y", color="0.9")
-        axes.set_axisbelow(True)
-        axes.tick_params(axis="y", labelsize=8)
-    axes_list[-1].set_xticks(group_centres, labels=grid.row_labels, fontsize=9)
-    axes_list[-1].set_xlabel("layer")
-    legend = [Patch(color=colors[module_type], label=module_type) for module_type in grid.types]
-    columns = max(1, min(len(legend), int(figure.get_figwidth() / 1.75)))
-    figure.legend(handles=legend, loc="outside lower center", ncols=columns, fontsize=9, frameon=False)
-    figure.suptitle(title, fontsize=11)
-    return figure_png_bytes(figure)
-
-
-# ---------------------------------------------------------------------------------------------- content
 
 
 def _uniform_params(allocation: Allocation) -> float:
