@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -121,3 +122,24 @@ def test_no_verdict_before_three_seeds(tools):
     assert summary.verdict([[0.05, 0.04]]) == "not yet (n < 3)"
     assert summary.verdict([[0.05, 0.04], [0.01, -0.02, 0.00]]) == "no"
     assert summary.verdict([[0.05, 0.04, 0.06]]) == "yes"
+
+
+def test_rerun_table_compares_each_superseded_result_with_its_rerun(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import compare_reruns
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    (tmp_path / "superseded").mkdir()
+
+    def write(path, accuracy, ranks):
+        record = {"main_metric": "accuracy", "validation": {"accuracy": accuracy}, "ranks": ranks}
+        path.write_text(json.dumps(record))
+
+    write(tmp_path / "superseded" / "a.json", 0.80, {"q": 2, "v": 2})
+    write(tmp_path / "a.json", 0.78, {"q": 3, "v": 1})
+    write(tmp_path / "superseded" / "b.json", 0.70, {"q": 1})
+    lines, pending = compare_reruns.compare(tmp_path)
+    # 2 modules changed; largest share 2/4 = 50 % before, 3/4 = 75 % after
+    assert lines[2] == "| `a` | 0.800 | 0.780 | 2 | 50.0% -> 75.0% |"
+    assert pending == ["b"]
