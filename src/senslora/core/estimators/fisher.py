@@ -11,7 +11,7 @@ require grad during the pass; accumulators are float32 (or wider).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -54,21 +54,24 @@ def prepare_target_gradients(model: nn.Module, layers: list[TargetLayer]) -> lis
     return weights
 
 
-def fisher_diagonals(
+def mean_gradient_statistic(
     model: nn.Module,
     layers: list[TargetLayer],
     batches: Iterable[Batch],
+    transform: Callable[[torch.Tensor], torch.Tensor],
     *,
+    description: str,
     per_example: bool = False,
     loss_fn: LossFn | None = None,
     max_batches: int | None = None,
     progress: bool = True,
     accumulator_device: torch.device | str | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Mean squared gradient of the task loss per weight element of every layer (flattened, CPU).
+    """E[transform(dL/dW)] per target weight over the backward passes (weight-shaped, CPU), summed over
+    processes: each gradient is transformed and added as soon as autograd finishes it, then freed.
 
     Raises:
-        ValueError: no batches, no loss (labels missing), or NaN/inf gradients (naming the module).
+        ValueError: a quantized target weight, no batches, no loss (labels missing), NaN/inf gradients.
     """
     device = model_device(model)
     acc_device = torch.device(accumulator_device) if accumulator_device else None
@@ -87,15 +90,12 @@ def fisher_diagonals(
         for layer, weight in zip(layers, weights, strict=True):
             accumulator = sums[layer.name]
 
-            def square_and_free(param: torch.Tensor, accumulator: torch.Tensor = accumulator) -> None:
-                grad = param.grad
-                accumulator += grad.to(accumulator.dtype).square().to(accumulator.device)
+            def add_and_free(param: torch.Tensor, accumulator: torch.Tensor = accumulator) -> None:
+                accumulator += transform(param.grad.to(accumulator.dtype)).to(accumulator.device)
                 param.grad = None
 
-            hooks.add(weight.register_post_accumulate_grad_hook(square_and_free))
-        for batch in calibration_batches(
-            batches, max_batches=max_batches, progress=progress, description="fisher sensitivity"
-        ):
+            hooks.add(weight.register_post_accumulate_grad_hook(add_and_free))
+        for batch in calibration_batches(batches, max_batches=max_batches, progress=progress, description=description):
             batch = move_batch(batch, device)
             pieces = single_examples(batch) if per_example else (batch,)
             for piece in pieces:
@@ -105,10 +105,41 @@ def fisher_diagonals(
     total = all_reduce_sum(count)
     if total.item() == 0:
         raise ValueError("no calibration batches: the batches iterable is empty")
-    diagonals: dict[str, torch.Tensor] = {}
+    means: dict[str, torch.Tensor] = {}
     for layer in layers:
         summed = all_reduce_sum(sums.pop(layer.name))
         check_finite(layer.name, summed, "gradients")
         # In place: the accumulator becomes the result, so no second copy of every target's size is made.
-        diagonals[layer.name] = summed.div_(total.to(summed.dtype)).reshape(-1).cpu()
-    return diagonals
+        means[layer.name] = summed.div_(total.to(summed.dtype)).cpu()
+    return means
+
+
+def fisher_diagonals(
+    model: nn.Module,
+    layers: list[TargetLayer],
+    batches: Iterable[Batch],
+    *,
+    per_example: bool = False,
+    loss_fn: LossFn | None = None,
+    max_batches: int | None = None,
+    progress: bool = True,
+    accumulator_device: torch.device | str | None = None,
+) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of the task loss per weight element of every layer (flattened, CPU).
+
+    Raises:
+        ValueError: no batches, no loss (labels missing), or NaN/inf gradients (naming the module).
+    """
+    means = mean_gradient_statistic(
+        model,
+        layers,
+        batches,
+        torch.square,
+        description="fisher sensitivity",
+        per_example=per_example,
+        loss_fn=loss_fn,
+        max_batches=max_batches,
+        progress=progress,
+        accumulator_device=accumulator_device,
+    )
+    return {name: mean.reshape(-1) for name, mean in means.items()}

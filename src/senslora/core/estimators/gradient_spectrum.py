@@ -21,16 +21,8 @@ from torch import nn
 from senslora.core.calibration import (
     Batch,
     LossFn,
-    all_reduce_sum,
-    calibration_batches,
-    check_finite,
-    compute_loss,
-    eval_mode_keeping_checkpointing,
-    model_device,
-    move_batch,
-    preserved_model_state,
 )
-from senslora.core.estimators.fisher import prepare_target_gradients
+from senslora.core.estimators.fisher import mean_gradient_statistic
 from senslora.core.targets import TargetLayer
 
 
@@ -49,39 +41,17 @@ def mean_gradients(
     Raises:
         ValueError: a quantized target weight, no batches, no loss (labels missing), NaN/inf gradients.
     """
-    device = model_device(model)
-    acc_device = torch.device(accumulator_device) if accumulator_device else device
-    sums = {
-        t.name: torch.zeros(t.weight.shape, dtype=torch.promote_types(t.weight.dtype, torch.float32), device=acc_device)
-        for t in layers
-    }
-    count = torch.zeros((), dtype=torch.float64)
-    with preserved_model_state(model) as hooks:
-        eval_mode_keeping_checkpointing(model)
-        weights = prepare_target_gradients(model, layers)
-        for layer, weight in zip(layers, weights, strict=True):
-            accumulator = sums[layer.name]
-
-            def add_and_free(param: torch.Tensor, accumulator: torch.Tensor = accumulator) -> None:
-                accumulator += param.grad.to(device=accumulator.device, dtype=accumulator.dtype)
-                param.grad = None
-
-            hooks.add(weight.register_post_accumulate_grad_hook(add_and_free))
-        for batch in calibration_batches(
-            batches, max_batches=max_batches, progress=progress, description="gradient-spectrum sensitivity"
-        ):
-            compute_loss(model, move_batch(batch, device), loss_fn).backward()
-            count += 1
-    # Reduce before any check, so that a process with an empty shard still joins every collective call.
-    total = all_reduce_sum(count)
-    if total.item() == 0:
-        raise ValueError("no calibration batches: the batches iterable is empty")
-    means: dict[str, torch.Tensor] = {}
-    for layer in layers:
-        summed = all_reduce_sum(sums.pop(layer.name))
-        check_finite(layer.name, summed, "gradients")
-        means[layer.name] = summed.div_(total.to(summed.dtype)).cpu()
-    return means
+    return mean_gradient_statistic(
+        model,
+        layers,
+        batches,
+        lambda gradient: gradient,
+        description="gradient-spectrum sensitivity",
+        loss_fn=loss_fn,
+        max_batches=max_batches,
+        progress=progress,
+        accumulator_device=accumulator_device,
+    )
 
 
 def gradient_spectra(
