@@ -184,7 +184,8 @@ def test_config_file_and_flags(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
 
 
 def test_shipped_configs_parse():
-    from senslora.finetune.config import RunConfig, load_config_file
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.config_file import load_config_file
 
     configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
     assert configs, "the repository ships example configs"

@@ -86,6 +86,17 @@ def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv
             assert torch.equal(parameter, base_before[name]), name
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [({}, 2e-2), ({"head_warmup_learning_rate": 5e-3}, 5e-3)])
+def test_warmup_learning_rate_is_its_own_option(tiny_bert_dir, sentiment_csv, overrides, expected):
+    """The warm-up uses --head-warmup-learning-rate when given, else the training --learning-rate."""
+    from senslora.finetune.pipeline import calibration_batches, prepare, run_sensitivity
+
+    config = _warmup_config(tiny_bert_dir, sentiment_csv, learning_rate=2e-2, **overrides)
+    prepared = prepare(config)
+    _, metadata = run_sensitivity(config, prepared, calibration_batches(config, prepared))
+    assert metadata["head_warmup"]["learning_rate"] == expected
+
+
 def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_path):
     import json
 

@@ -667,7 +667,8 @@ def test_config_file_cannot_run_code(tiny_bert_dir, sentiment_csv, tmp_path, cap
 
 def test_yaml_exponent_without_dot_is_a_number(tmp_path):
     """YAML 1.1 reads `1e-3` as a string; the config loader still takes it as the number it means."""
-    from senslora.finetune.config import RunConfig, load_config_file
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.config_file import load_config_file
 
     path = tmp_path / "run.yaml"
     path.write_text("learning_rate: 1e-3\nweight_decay: 0\n")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 import senslora.finetune.pipeline as pipeline
 from conftest import tiny_decoder_tokenizer, tiny_llama
 from senslora.cli import main
-from senslora.finetune.config import load_config_file
+from senslora.finetune.config_file import load_config_file
 from senslora.finetune.data import PLAIN_INSTRUCTION_TEMPLATE
 from senslora.finetune.engine import training_arguments
 from senslora.finetune.training import TrainingConfig

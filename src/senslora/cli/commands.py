@@ -23,22 +23,6 @@ EXIT_DIVERGED = 3
 EXIT_INTERNAL = 1
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^-(inf|nan)$", re.IGNORECASE)
 
-DATA_OPTIONS = [
-    "model", "data", "task", "text_column", "text_pair_column", "label_column", "prompt_column",
-    "response_column", "dataset_config", "validation_data", "validation_fraction", "max_train_examples",
-    "max_validation_examples", "max_length", "trust_remote_code", "seed", "device", "progress",
-]  # fmt: skip
-SENSITIVITY_OPTIONS = [
-    "calibration_data", "calibration_examples", "calibration_batch_size", "estimator", "target_modules",
-    "target_regex", "topk_fraction", "energy_threshold", "num_probes", "per_example", "head_warmup_steps",
-    "restore_warmed_head", "learning_rate",
-]  # fmt: skip
-ALLOCATION_OPTIONS = [
-    "avg_rank", "scheme", "budget_unit", "min_rank", "max_rank", "max_rank_factor", "weighting", "metrics",
-    "num_groups",
-]  # fmt: skip
-EVALUATION_OPTIONS = ["eval_batch_size", "max_generation_examples", "max_new_tokens"]
-
 
 def printable(text: str, stream: Any) -> str:
     """`text` with whatever `stream` cannot encode (e.g. lone surrogates from odd argv bytes) escaped."""
@@ -91,17 +75,18 @@ def shown_default(value: Any) -> str:
     return str(value)
 
 
-def _add_field(parser: argparse.ArgumentParser, name: str) -> None:
-    from senslora.finetune.config import RunConfig, base_type, field_types
+def _add_field(parser: argparse.ArgumentParser | Any, name: str) -> None:
+    """One flag for RunConfig's field `name`: its type, choices, help text and default come from the field."""
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.options import base_type, default_of, field_types
 
     item = {f.name: f for f in fields(RunConfig)}[name]
-    scalar, optional, is_list = base_type(field_types()[name])
+    scalar, optional, is_list = base_type(field_types(RunConfig)[name])
     flag = "--" + name.replace("_", "-")
     kwargs: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS}
-    default = item.default_factory() if callable(item.default_factory) else item.default
     help_text = item.metadata["help"]
     if "default" not in help_text:  # a help text that describes its own default keeps that description
-        help_text += f" (default: {shown_default(default)})"
+        help_text += f" (default: {shown_default(default_of(item))})"
     if scalar is bool:
         parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text, **kwargs)
         return
@@ -114,7 +99,8 @@ def _add_field(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument(flag, help=help_text, **kwargs)
 
 
-def _command(subparsers, name: str, help_text: str, options: Sequence[str]) -> argparse.ArgumentParser:
+def _command(subparsers, name: str, help_text: str, groups: Sequence[tuple[str, Sequence[str]]]) -> ArgumentParser:
+    """A subcommand with --config and, under one heading per group, a flag for each named option."""
     parser = subparsers.add_parser(name, help=help_text, description=help_text)
     parser.add_argument(
         "--config",
@@ -122,15 +108,30 @@ def _command(subparsers, name: str, help_text: str, options: Sequence[str]) -> a
         help="YAML or JSON file of options (flags override it); finetune passes any other "
         "transformers.TrainingArguments field in it to the Trainer",
     )
-    for option_name in options:
-        _add_field(parser, option_name)
+    for title, names in groups:
+        section = parser.add_argument_group(title)
+        for option_name in names:
+            _add_field(section, option_name)
     return parser
+
+
+def _option_groups() -> dict[str, list[str]]:
+    """{heading: option names with a flag}, one entry per configuration group, in RunConfig's order."""
+    from senslora.finetune.config import OPTION_GROUPS
+    from senslora.finetune.options import flag_names
+
+    return {_heading(group): flag_names(group) for group in OPTION_GROUPS}
+
+
+def _heading(group: type) -> str:
+    """DataOptions -> 'data options', TrainingConfig -> 'training options'."""
+    words = re.sub(r"(?<!^)(?=[A-Z])", " ", group.__name__).lower().split()
+    return " ".join(words[:-1]) + " options"
 
 
 def build_parser() -> ArgumentParser:
     from senslora import __version__
     from senslora.cli.report_commands import add_report_commands
-    from senslora.finetune.config import RunConfig, has_flag
 
     parser = ArgumentParser(
         prog="senslora",
@@ -139,18 +140,26 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"senslora {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
+    from senslora.finetune.config import COMMON_OPTIONS
+
+    groups = _option_groups()
+    data, calibration, allocation = groups["data options"], groups["calibration options"], groups["allocation options"]
+    common = ("common options", list(COMMON_OPTIONS))
     sensitivity = _command(
         subparsers,
         "sensitivity",
         "model + calibration data -> sensitivity.json",
-        DATA_OPTIONS + SENSITIVITY_OPTIONS,
+        [("data options", data), ("calibration options", calibration), common],
     )
     sensitivity.add_argument("--output", default="sensitivity.json", help="file to write (default: %(default)s)")
     _add_field(sensitivity, "overwrite")
     sensitivity.set_defaults(handler=run_sensitivity_command)
 
     allocate = _command(
-        subparsers, "allocate", "sensitivity.json + budget -> ranks.json (no model)", ALLOCATION_OPTIONS
+        subparsers,
+        "allocate",
+        "sensitivity.json + budget -> ranks.json (no model)",
+        [("allocation options", allocation)],
     )
     allocate.add_argument("sensitivity", help="a sensitivity.json written by `senslora sensitivity`")
     allocate.add_argument("--output", default="ranks.json", help="file to write (default: %(default)s)")
@@ -161,12 +170,19 @@ def build_parser() -> ArgumentParser:
         subparsers,
         "finetune",
         "model + data + method -> run directory with adapter, metrics and logs (defaults: the main job)",
-        [f.name for f in fields(RunConfig) if has_flag(f.name)],
+        list(groups.items()),
     )
     finetune.set_defaults(handler=run_finetune_command)
 
     evaluate = _command(
-        subparsers, "evaluate", "base model + PEFT adapter + data -> metrics", DATA_OPTIONS + EVALUATION_OPTIONS
+        subparsers,
+        "evaluate",
+        "base model + PEFT adapter + data -> metrics",
+        [
+            ("data options", data),
+            ("evaluation options", ["eval_batch_size", *groups["evaluation options"]]),
+            common,
+        ],
     )
     evaluate.add_argument("--adapter", required=True, help="PEFT adapter directory (e.g. RUN_DIR/adapter)")
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
@@ -179,7 +195,8 @@ def build_parser() -> ArgumentParser:
 
 def resolve_config(args: argparse.Namespace):
     """RunConfig from defaults, then the --config file, then the flags given."""
-    from senslora.finetune.config import RunConfig, load_config_file
+    from senslora.finetune.config import RunConfig
+    from senslora.finetune.config_file import load_config_file
 
     values: dict[str, Any] = {}
     if getattr(args, "config_file", None):

@@ -2,12 +2,15 @@
 
 Imports `senslora.core` and `senslora.utils`; knows nothing of reports or the command line.
 
-    config.py        RunConfig: every option of a run, with its help text and checks
+    options.py       typed options: a dataclass field with its help text, type and choice checks
+    config.py        the option groups (data, calibration, allocation, adapter, training, evaluation,
+                     run), each validating itself, and RunConfig, all of them together
+    config_file.py   reading a YAML/JSON config file into options (TrainingArguments passed through)
     data/            task data: presets, local files, the hub, sampling, calibration subsets
     tokenization.py  tokenising tasks and building collators and calibration batches
     models.py        loading a model and tokenizer for a task
     methods.py       senslora, lora, adalora, eva: building the PEFT model of each
-    training.py      TrainingConfig, the schedule and data order, divergence checks
+    training.py      TrainingConfig (the training group), the schedule and data order, divergence checks
     engine.py        transformers.Trainer with senslora's checkpoints, resume and log
     sft.py           TRL's SFTTrainer for instruction data
     head_warmup.py   training the task head alone before calibration

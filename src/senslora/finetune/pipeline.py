@@ -271,7 +271,7 @@ def run_sensitivity(
             prepared.model,
             batches,
             steps=warmup_steps,
-            learning_rate=config.learning_rate,
+            learning_rate=config.warmup_learning_rate,
             seed=config.seed,
             progress=config.progress,
         )

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from senslora.finetune.options import MAX_INT, option
 from senslora.utils.distributed import world_size
 
 SCHEDULERS = ("linear", "cosine", "constant")
@@ -42,29 +43,38 @@ class TrainingDivergedError(ValueError):
     """The loss, a gradient or a weight became NaN or inf."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class TrainingConfig:
-    """Optimisation settings (all plain values, recorded in the run's config.json)."""
+    """Optimisation settings (all plain values, recorded in the run's config.json). The defaults are the
+    main job's, the same in Python and on the command line (`senslora finetune` builds its training flags
+    from these fields)."""
 
-    epochs: int = 3
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    scheduler: str = "linear"
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float | None = 1.0
-    max_steps: int | None = None
-    seed: int = 0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    save_steps: int | None = None
-    eval_steps: int | None = None
-    early_stopping_patience: int | None = None
-    report_to: tuple[str, ...] | list[str] = ("none",)
-    log_every: int = 10
-    trainer_arguments: dict[str, Any] = field(default_factory=dict)
+    epochs: int = option(2, "training epochs")
+    batch_size: int = option(16, "training batch size")
+    eval_batch_size: int = option(64, "evaluation batch size")
+    learning_rate: float = option(1e-3, "peak learning rate (AdamW)")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "share of steps for linear warmup")
+    scheduler: str = option("linear", "learning-rate decay after warmup", choices=SCHEDULERS)
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    max_grad_norm: float | None = option(1.0, "gradient clipping norm (none: off)")
+    max_steps: int | None = option(None, "stop after this many optimizer steps (none: all epochs)")
+    mixed_precision: str = option("no", "autocast precision (bf16 on CPU/GPU, fp16 on CUDA)", choices=PRECISIONS)
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass")
+    save_steps: int | None = option(None, "also checkpoint every N optimizer steps (none: at each epoch's end only)")
+    eval_steps: int | None = option(None, "evaluate every N optimizer steps (none: at each epoch's end)")
+    early_stopping_patience: int | None = option(
+        None, "stop after this many evaluations without a better main metric (none: never)"
+    )
+    report_to: list[str] = option(["none"], "send logs to these trackers (Trainer's report_to)", choices=REPORTERS)
+    log_every: int = option(10, "log the training loss every N steps")
+    trainer_arguments: dict[str, Any] = option(
+        {},
+        "config file only: further transformers.TrainingArguments fields passed to the Trainer as they are "
+        "(e.g. dataloader_num_workers, push_to_hub, hub_model_id); not the ones senslora sets from its options",
+        flag=False,
+    )
+    seed: int = option(0, "seed of data splits, sampling, initialisation and training")
 
     def validate(self) -> None:
         """Raise ValueError naming the first option out of range."""
@@ -85,8 +95,8 @@ class TrainingConfig:
             raise ValueError(f"unknown mixed_precision {self.mixed_precision!r}; allowed: {', '.join(PRECISIONS)}")
         if self.max_grad_norm is not None and not (self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
             raise ValueError(f"max_grad_norm must be a positive finite number or None, got {self.max_grad_norm!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_INT:
+            raise ValueError(f"seed must lie in [0, {MAX_INT}], got {self.seed!r}")
         for name in ("max_steps", "save_steps", "eval_steps", "early_stopping_patience"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
