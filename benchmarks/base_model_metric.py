@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from senslora.cli.commands import quiet_libraries
     from senslora.finetune.config import RunConfig
-    from senslora.finetune.pipeline import evaluate_on_validation, prepare
+    from senslora.finetune.preparation import prepare
+    from senslora.finetune.saved_adapter import evaluate_on_validation
     from senslora.utils.io import atomic_write_json
 
     quiet_libraries()

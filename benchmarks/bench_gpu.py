@@ -29,7 +29,10 @@ import torch
 
 from senslora.cli.commands import quiet_libraries
 from senslora.finetune.config import RunConfig
-from senslora.finetune.pipeline import calibration_batches, finetune, package_versions, prepare, run_sensitivity
+from senslora.finetune.environment import package_versions
+from senslora.finetune.pipeline import finetune
+from senslora.finetune.preparation import calibration_batches, prepare
+from senslora.finetune.rank_steps import run_sensitivity
 from senslora.utils.io import atomic_write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"

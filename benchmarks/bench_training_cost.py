@@ -30,7 +30,7 @@ def setup(num_batches: int):
     """Real MiniLM, real Rotten Tomatoes batches (main-job settings) and the calibration batches."""
     from senslora.cli.commands import quiet_libraries
     from senslora.finetune.config import RunConfig
-    from senslora.finetune.pipeline import calibration_batches, prepare
+    from senslora.finetune.preparation import calibration_batches, prepare
 
     quiet_libraries()
     config = RunConfig(progress=False)
@@ -46,7 +46,7 @@ def build(method: str, config, prepared, calibration, total_steps: int):
     import copy
 
     from senslora.finetune.methods import build_peft_model
-    from senslora.finetune.pipeline import run_allocation, run_sensitivity
+    from senslora.finetune.rank_steps import run_allocation, run_sensitivity
 
     base = copy.deepcopy(prepared.model)
     allocation = None
@@ -94,7 +94,7 @@ def time_interleaved(rounds: int, steps_per_round: int) -> dict:
                 step(model, optimizer, batch, method, counters[method])
             times[method].append((time.perf_counter() - start) / len(batches))
     sensitivity_times = []
-    from senslora.finetune.pipeline import run_sensitivity
+    from senslora.finetune.rank_steps import run_sensitivity
 
     for _ in range(3):
         start = time.perf_counter()
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     result["training_extra_mb"] = {m: memory[m]["extra_mb"] for m in METHODS}
     result["memory_ratio_to_lora"] = {m: memory[m]["peak_rss_mb"] / memory["lora"]["peak_rss_mb"] for m in METHODS}
     result["training_memory_ratio_to_lora"] = {m: memory[m]["extra_mb"] / memory["lora"]["extra_mb"] for m in METHODS}
-    result["versions"] = __import__("senslora.finetune.pipeline", fromlist=["package_versions"]).package_versions()
+    result["versions"] = __import__("senslora.finetune.environment", fromlist=["package_versions"]).package_versions()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     columns = ["method", "median step (s)", "step time / LoRA", "peak RSS (MB)", "peak / LoRA"]

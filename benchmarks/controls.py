@@ -60,7 +60,8 @@ def control_allocation(config: Any, kind: str) -> tuple[Any, dict[str, Any]]:
 
     Returns (permuted Allocation, record of the original ranks and theta for the results file).
     """
-    from senslora.finetune.pipeline import calibration_batches, load_data, prepare, run_allocation, run_sensitivity
+    from senslora.finetune.preparation import calibration_batches, load_data, prepare
+    from senslora.finetune.rank_steps import run_allocation, run_sensitivity
 
     if kind not in CONTROLS:
         raise ValueError(f"unknown control {kind!r}; allowed: {', '.join(CONTROLS)}")
@@ -85,7 +86,8 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
     i.e. as many steps as the adapter runs take.
     """
     from senslora.finetune.head_warmup import warm_up_head
-    from senslora.finetune.pipeline import evaluate_on_validation, load_data, prepare
+    from senslora.finetune.preparation import load_data, prepare
+    from senslora.finetune.saved_adapter import evaluate_on_validation
     from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset
 
     if kind not in BASELINES:

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 def changed_modules(result: dict, factor: float | None) -> int:
     from senslora.core.metrics import ModuleSensitivity
     from senslora.finetune.config import RunConfig
-    from senslora.finetune.pipeline import run_allocation
+    from senslora.finetune.rank_steps import run_allocation
 
     known = {f.name for f in dataclasses.fields(RunConfig)}
     options = {k: v for k, v in result["config"].items() if k in known} | {"max_rank_factor": factor}

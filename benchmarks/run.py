@@ -103,7 +103,8 @@ def run_worker(experiment: Experiment, output: Path) -> None:
     """In a fresh process: run one experiment and write its results JSON."""
     from senslora.cli.commands import quiet_libraries
     from senslora.finetune.config import RunConfig
-    from senslora.finetune.pipeline import finetune, package_versions
+    from senslora.finetune.environment import package_versions
+    from senslora.finetune.pipeline import finetune
     from senslora.utils.io import atomic_write_json
 
     quiet_libraries()

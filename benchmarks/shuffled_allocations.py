@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from senslora.core.metrics import ModuleSensitivity
     from senslora.finetune.config import RunConfig
-    from senslora.finetune.pipeline import run_allocation
+    from senslora.finetune.rank_steps import run_allocation
     from senslora.utils.io import atomic_write_json
 
     for seed in args.seeds:

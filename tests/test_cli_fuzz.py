@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import senslora.finetune.pipeline as pipeline
+import senslora.finetune.preparation as preparation
 from senslora.cli import build_parser, main
 from senslora.core.metrics import ModuleSensitivity, sensitivities_to_json
 
@@ -131,8 +131,8 @@ def refuse(*args, **kwargs):
 
 @pytest.mark.parametrize("command", list(EXAMPLES))
 def test_no_argument_list_shows_a_traceback(command, real_files, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", refuse)
-    monkeypatch.setattr(pipeline, "load_task_data", refuse)
+    monkeypatch.setattr(preparation, "load_model_and_tokenizer", refuse)
+    monkeypatch.setattr(preparation, "load_task_data", refuse)
     monkeypatch.chdir(tmp_path)  # default outputs (runs/, ranks.json, ...) land here
     parser = subcommand_parsers()[command]
     tried, outcomes = 0, {}
@@ -193,8 +193,8 @@ def test_no_config_file_shows_a_traceback(tmp_path, capsys, monkeypatch):
     """Random config files (YAML and JSON) end in exit code 2 and one line, before any loading."""
     import yaml
 
-    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", refuse)
-    monkeypatch.setattr(pipeline, "load_task_data", refuse)
+    monkeypatch.setattr(preparation, "load_model_and_tokenizer", refuse)
+    monkeypatch.setattr(preparation, "load_task_data", refuse)
     monkeypatch.chdir(tmp_path)
     tried = 0
 

@@ -69,7 +69,8 @@ def _warmup_config(model_dir, data_csv, **overrides):
 
 @pytest.mark.parametrize("restore", [False, True])
 def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv, restore):
-    from senslora.finetune.pipeline import calibration_batches, prepare, run_sensitivity
+    from senslora.finetune.preparation import calibration_batches, prepare
+    from senslora.finetune.rank_steps import run_sensitivity
 
     config = _warmup_config(tiny_bert_dir, sentiment_csv, restore_warmed_head=restore)
     prepared = prepare(config)
@@ -89,7 +90,8 @@ def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv
 @pytest.mark.parametrize(("overrides", "expected"), [({}, 2e-2), ({"head_warmup_learning_rate": 5e-3}, 5e-3)])
 def test_warmup_learning_rate_is_its_own_option(tiny_bert_dir, sentiment_csv, overrides, expected):
     """The warm-up uses --head-warmup-learning-rate when given, else the training --learning-rate."""
-    from senslora.finetune.pipeline import calibration_batches, prepare, run_sensitivity
+    from senslora.finetune.preparation import calibration_batches, prepare
+    from senslora.finetune.rank_steps import run_sensitivity
 
     config = _warmup_config(tiny_bert_dir, sentiment_csv, learning_rate=2e-2, **overrides)
     prepared = prepare(config)

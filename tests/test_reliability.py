@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import senslora.finetune.pipeline as pipeline
+import senslora.finetune.preparation as preparation
 from senslora.cli import main
 from senslora.core.allocation import DominanceWarning, allocate_ranks
 from senslora.core.metrics import (
@@ -626,7 +627,7 @@ def test_bad_input_is_one_line_and_exit_2(
             model_loads.append(args)
             raise RuntimeError("the model must not be loaded for this input error")
 
-        monkeypatch.setattr(pipeline, "load_model_and_tokenizer", refuse_model)
+        monkeypatch.setattr(preparation, "load_model_and_tokenizer", refuse_model)
     if stage == "model":
 
         def refuse_tokenize(*args, **kwargs):
@@ -1130,7 +1131,7 @@ def test_trust_remote_code_only_with_the_flag(tiny_bert_dir, sentiment_csv, tmp_
         seen.append(kwargs["trust_remote_code"])
         raise ValueError("stop here")
 
-    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", record)
+    monkeypatch.setattr(preparation, "load_model_and_tokenizer", record)
     args = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress"]
     assert run_cli([*args, "--output-dir", tmp_path / "a"], capsys)[0] == 2
     assert run_cli([*args, "--output-dir", tmp_path / "b", "--trust-remote-code"], capsys)[0] == 2

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import senslora.finetune.pipeline as pipeline
+import senslora.finetune.preparation as preparation
 from senslora.cli import main
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--calibration-examples", "16"]
@@ -82,7 +83,7 @@ def test_encoder_check_needs_no_model_weights(tiny_bert_dir, reviews_csv, tmp_pa
     def refuse_model(*args, **kwargs):
         raise RuntimeError("the model must not be loaded for this input error")
 
-    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", refuse_model)
+    monkeypatch.setattr(preparation, "load_model_and_tokenizer", refuse_model)
     for extra, message in [
         (["--text-column", "review"], "no label column: pass --label-column"),
         (["--text-column", "review", "--task", "causal_lm"], "task causal_lm needs a decoder"),

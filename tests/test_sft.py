@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 import senslora.finetune.pipeline as pipeline
+import senslora.finetune.preparation as preparation
 from conftest import tiny_decoder_tokenizer, tiny_llama
 from senslora.cli import main
 from senslora.finetune.config_file import load_config_file
@@ -207,8 +208,8 @@ def test_refused_trainer_arguments_end_before_loading(document, message, tmp_pat
     def refuse(*args, **kwargs):
         raise AssertionError("nothing may be loaded for this input error")
 
-    monkeypatch.setattr(pipeline, "load_model_and_tokenizer", refuse)
-    monkeypatch.setattr(pipeline, "load_task_data", refuse)
+    monkeypatch.setattr(preparation, "load_model_and_tokenizer", refuse)
+    monkeypatch.setattr(preparation, "load_task_data", refuse)
     path = tmp_path / "run.json"
     path.write_text(json.dumps(document))
     code, _, err = run_cli(["finetune", "--config", path, "--output-dir", tmp_path / "out"], capsys)

@@ -219,13 +219,8 @@ def _check_output_file(path: Path, overwrite: bool) -> None:
 
 def run_sensitivity_command(args: argparse.Namespace) -> int:
     from senslora.core.metrics import sensitivities_to_json
-    from senslora.finetune.pipeline import (
-        calibration_batches,
-        load_calibration_data,
-        load_data,
-        prepare,
-        run_sensitivity,
-    )
+    from senslora.finetune.preparation import calibration_batches, load_calibration_data, load_data, prepare
+    from senslora.finetune.rank_steps import run_sensitivity
     from senslora.utils.distributed import is_main_process, process_group
     from senslora.utils.io import atomic_write_text
 
@@ -251,7 +246,7 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
 
 def run_allocate_command(args: argparse.Namespace) -> int:
     from senslora.core.artifacts import load_sensitivity_file
-    from senslora.finetune.pipeline import run_allocation
+    from senslora.finetune.rank_steps import run_allocation
     from senslora.utils.io import atomic_write_json
 
     config = resolve_config(args)
@@ -282,7 +277,7 @@ def run_finetune_command(args: argparse.Namespace) -> int:
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
-    from senslora.finetune.pipeline import evaluate_adapter
+    from senslora.finetune.saved_adapter import evaluate_adapter
     from senslora.utils.io import atomic_write_json
 
     config = resolve_config(args)

@@ -16,5 +16,10 @@ Imports `senslora.core` and `senslora.utils`; knows nothing of reports or the co
     head_warmup.py   training the task head alone before calibration
     evaluation.py    evaluating a model on a task
     task_metrics.py  the metric of each task
+    environment.py   the device to compute on, the package versions recorded in results
+    preparation.py   loading data, then the model for its task, then the calibration batches
+    rank_steps.py    the sensitivity pass (after head warm-up), the allocation, checks that ranks fit
+    run_directory.py when a run directory may be written, resumed or replaced; the adapter's sidecar
     pipeline.py      prepare -> sensitivity -> allocation -> train -> evaluate, as one run directory
+    saved_adapter.py evaluating a saved adapter loaded with stock PEFT, after checks that it fits
 """

@@ -1,0 +1,168 @@
+"""Loading a run's inputs, cheapest and most likely to fail first: data, then the model for its task, then
+the calibration examples and their batches.
+
+The data is loaded before the model (a bad file fails in seconds, not after a download), and whether the
+task suits the model is read from its config.json before any weights are loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+import torch
+from torch import nn
+
+from senslora.core.targets import find_target_layers
+from senslora.finetune.config import RunConfig
+from senslora.finetune.data import DataSpec, TaskData, calibration_subset, load_calibration_source, load_task_data
+from senslora.finetune.environment import resolve_device
+from senslora.finetune.models import (
+    GENERATIVE_TASKS,
+    check_max_length,
+    check_model_name,
+    encoder_model_type,
+    load_model_and_tokenizer,
+)
+from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
+from senslora.utils.distributed import (
+    is_distributed,
+    local_device,
+    main_process_first,
+)
+
+
+def data_spec(config: RunConfig, source: str | None = None) -> DataSpec:
+    """The DataSpec of the training data (or of another source with the same column options)."""
+    return DataSpec(
+        source=source or config.data,
+        task=config.task,
+        text_column=config.text_column,
+        text_pair_column=config.text_pair_column,
+        label_column=config.label_column,
+        prompt_column=config.prompt_column,
+        response_column=config.response_column,
+        config_name=config.dataset_config,
+        validation_split=config.validation_data,
+        validation_fraction=config.validation_fraction,
+        max_train_examples=config.max_train_examples,
+        max_validation_examples=config.max_validation_examples,
+        seed=config.seed,
+    )
+
+
+@dataclass
+class Prepared:
+    """Data, model and tokenizer of a run, loaded once."""
+
+    data: TaskData
+    model: nn.Module
+    tokenizer: Any
+    device: torch.device
+
+
+def load_data(config: RunConfig) -> TaskData:
+    """The run's training and validation data, after the cheap checks of device and model name."""
+    resolve_device(config.device)
+    check_model_name(config.model)
+    return load_task_data(data_spec(config))
+
+
+def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
+    """Load the data first (cheap, catches bad input early), then the model for its task.
+
+    Args:
+        data: the run's data if already loaded (by `load_data`).
+    Raises:
+        ValueError: an unavailable device, a missing model path, bad data, a generative task for an
+            encoder, a model that cannot be loaded, a max_length beyond the positions the model can
+            read, or target modules the model lacks.
+    """
+    device = resolve_device(config.device)
+    if is_distributed() and device.type == "cuda" and device.index is None:
+        device = local_device()  # one GPU per process: cuda:LOCAL_RANK
+    check_model_name(config.model)
+    if data is None:
+        data = load_task_data(data_spec(config))
+    check_task_fits_model(config, data)
+    torch.manual_seed(config.seed)
+    with main_process_first():  # a model converted into the cache is converted once
+        model, tokenizer = load_model_and_tokenizer(
+            config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
+        )
+    check_max_length(model, config.max_length)
+    if config.targets is not None and not (config.method == "senslora" and config.ranks):
+        find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
+    return Prepared(data, model.to(device), tokenizer, device)
+
+
+def check_task_fits_model(config: RunConfig, data: TaskData) -> None:
+    """Refuse a causal_lm or instruction task for an encoder, reading only the model's config.json.
+
+    Text without a label column is inferred to be causal_lm; on an encoder (MiniLM, BERT, ...) that is
+    almost always a label column under another name, so the message asks for it and lists the columns.
+
+    Raises:
+        ValueError: the task needs a causal language-model head the model cannot have.
+    """
+    if data.task not in GENERATIVE_TASKS:
+        return
+    encoder = encoder_model_type(config.model, trust_remote_code=config.trust_remote_code)
+    if encoder is None:
+        return
+    if data.task == "causal_lm" and data.description.get("task_origin") == "columns":
+        columns = ", ".join(data.description.get("available_columns", []))
+        raise ValueError(
+            f"no label column: pass --label-column (available columns: {columns}); without labels the task "
+            f"would be causal_lm, which model {config.model!r} cannot learn (an encoder, {encoder})"
+        )
+    raise ValueError(
+        f"task {data.task} needs a decoder with a causal language-model head; model {config.model!r} is an "
+        f"encoder ({encoder}): choose a decoder (e.g. smollm2) or a classification/regression task"
+    )
+
+
+def load_calibration_data(config: RunConfig, data: TaskData) -> datasets.Dataset:
+    """The calibration examples: a seeded sample of train, or of the separate calibration source.
+
+    Raises:
+        ValueError: the calibration source cannot be loaded, or lacks the labels the task needs.
+    """
+    if not config.calibration_data:
+        return calibration_subset(data, config.calibration_examples, config.seed)
+    try:
+        calibration_data = load_calibration_source(
+            data_spec(config, config.calibration_data), config.calibration_examples, config.seed
+        )
+    except ValueError as error:
+        raise ValueError(f"calibration data {config.calibration_data!r}: {error}") from None
+    labelled_task = data.task in ("classification", "regression")
+    if labelled_task and "label" not in calibration_data.column_names and config.estimator not in ("activation", "obd"):
+        raise ValueError(
+            f"calibration data {config.calibration_data!r} has no labels, which the {config.estimator} "
+            "estimator needs; use the activation estimator or labelled calibration data"
+        )
+    return calibration_data
+
+
+def calibration_batches(
+    config: RunConfig, prepared: Prepared, calibration_data: datasets.Dataset | None = None
+) -> list[dict[str, torch.Tensor]]:
+    """Tokenized calibration batches: a seeded sample of train, or the separate calibration source.
+
+    Args:
+        calibration_data: the examples if already loaded (by `load_calibration_data`).
+    """
+    data = prepared.data
+    if calibration_data is None:
+        calibration_data = load_calibration_data(config, data)
+    if data.task in ("classification", "regression") and "label" not in calibration_data.column_names:
+        # Label-free text (e.g. Wikipedia) for the activation estimator: inputs only.
+        tokenized = tokenize_texts(calibration_data, prepared.tokenizer, max_length=config.max_length)
+    else:
+        tokenized = tokenize_dataset(calibration_data, prepared.tokenizer, data, max_length=config.max_length)
+    if len(tokenized) == 0:
+        raise ValueError("the calibration data is empty after tokenization")
+    collator = make_collator(prepared.tokenizer, data.task)
+    return make_batches(tokenized, collator, config.calibration_batch_size)
