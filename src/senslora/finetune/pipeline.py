@@ -32,6 +32,7 @@ from senslora.finetune.evaluation import evaluate_model
 from senslora.finetune.methods import (
     build_peft_model,
     count_parameters,
+    get_method,
     target_shapes,
     uniform_lora_adapter_parameters,
 )
@@ -99,10 +100,11 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     if config.resume:
         check_resume_config(run_dir, config)
     # 2. Ranks given (--ranks), or kept by the run being resumed: no sensitivity pass then.
+    method = get_method(config.method)
     ranks_source: str | Path | None = config.ranks
     allocation = load_ranks_file(config.ranks) if config.ranks else None
     sensitivities, sensitivity_metadata, sensitivity_seconds = None, None, 0.0
-    if config.resume and config.method == "senslora" and allocation is None and (run_dir / RANKS_FILE).exists():
+    if config.resume and method.uses_allocation and allocation is None and (run_dir / RANKS_FILE).exists():
         ranks_source = run_dir / RANKS_FILE
         allocation = load_ranks_file(ranks_source)
         if (run_dir / SENSITIVITY_FILE).exists():
@@ -113,10 +115,10 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     sft = uses_sft_trainer(data.task, config.method)
     if sft:
         check_trl_available()
-    calibrate = config.method == "eva" or (config.method == "senslora" and allocation is None)
+    calibrate = method.needs_calibration(has_ranks=allocation is not None)
     calibration_data = load_calibration_data(config, data) if calibrate else None
     prepared = prepare(config, data)
-    if allocation is not None and config.method == "senslora":
+    if allocation is not None and method.uses_allocation:
         check_allocation_fits(prepared.model, allocation, ranks_source)
     check_ranks_fit(config, prepared.model, allocation)
     # 4. Tokenize; only now, with every input checked, does the run directory get written.
@@ -134,7 +136,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
 
     # 5. Sensitivity and allocation (senslora without given ranks), written before training starts.
     batches = None
-    if config.method == "senslora" and allocation is None:
+    if method.uses_allocation and allocation is None:
         batches = calibration_batches(config, prepared, calibration_data)
         sensitivities, sensitivity_metadata = run_sensitivity(config, prepared, batches)
         sensitivity_seconds = sensitivity_metadata["seconds"]
@@ -143,11 +145,11 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
             atomic_write_text(run_dir / SENSITIVITY_FILE, sensitivities_to_json(sensitivities, sensitivity_metadata))
             atomic_write_json(run_dir / RANKS_FILE, allocation.to_dict())
     # 6. The PEFT model of the method (EVA's SVD initialisation runs on the calibration batches here).
-    if config.method == "eva" and batches is None:
+    if calibrate and batches is None:  # EVA's SVD inputs
         batches = calibration_batches(config, prepared, calibration_data)
     total_steps = total_training_steps(len(train_set), config.training())
     # the targets' shapes, read before PEFT wraps them (for uniform LoRA's parameter count at this rank)
-    shapes = allocation.shapes if config.method == "senslora" else target_shapes(prepared.model, config.targets)
+    shapes = allocation.shapes if method.uses_allocation else target_shapes(prepared.model, config.targets)
     torch.manual_seed(config.seed)
     setup_start = time.perf_counter()  # for EVA this includes its SVD pass over the calibration batches
     model = build_peft_model(

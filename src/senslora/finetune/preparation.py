@@ -18,6 +18,7 @@ from senslora.core.targets import find_target_layers
 from senslora.finetune.config import RunConfig
 from senslora.finetune.data import DataSpec, TaskData, calibration_subset, load_calibration_source, load_task_data
 from senslora.finetune.environment import resolve_device
+from senslora.finetune.methods import get_method
 from senslora.finetune.models import (
     GENERATIVE_TASKS,
     check_max_length,
@@ -92,7 +93,7 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
             config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
         )
     check_max_length(model, config.max_length)
-    if config.targets is not None and not (config.method == "senslora" and config.ranks):
+    if config.targets is not None and not (get_method(config.method).uses_allocation and config.ranks):
         find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
     return Prepared(data, model.to(device), tokenizer, device)
 

@@ -23,10 +23,7 @@ from senslora.core.targets import layer_shape
 from senslora.finetune.config import RunConfig, effective_head_warmup_steps, effective_max_rank_factor
 from senslora.finetune.environment import package_versions
 from senslora.finetune.head_warmup import restore_head, snapshot_head, warm_up_head
-from senslora.finetune.methods import (
-    check_uniform_rank_fits,
-    target_shapes,
-)
+from senslora.finetune.methods import check_uniform_rank_fits, get_method, target_shapes
 from senslora.finetune.preparation import Prepared
 from senslora.utils.distributed import (
     shard_batches,
@@ -167,7 +164,7 @@ def check_ranks_fit(config: RunConfig, model: nn.Module, allocation: Allocation 
     was already checked by `check_allocation_fits`. lora / eva: avg_rank, adalora: init_r, must not exceed
     any target's full rank.
     """
-    if config.method == "senslora":
+    if get_method(config.method).uses_allocation:
         if allocation is None:
             max_rank = effective_max_rank(
                 config.max_rank, effective_max_rank_factor(config.max_rank_factor), config.avg_rank

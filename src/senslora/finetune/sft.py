@@ -32,13 +32,14 @@ import datasets
 
 from senslora.finetune.data import PLAIN_INSTRUCTION_TEMPLATE, TaskData
 from senslora.finetune.engine import SensloraTrainerMixin
+from senslora.finetune.methods import get_method
 
 TRL_REQUIREMENT = "trl>=1.16,<2"
 
 
 def uses_sft_trainer(task: str, method: str) -> bool:
     """Instruction data trains on SFTTrainer, except AdaLoRA (whose orthogonality penalty SFTTrainer's loss drops)."""
-    return task == "instruction" and method != "adalora"
+    return task == "instruction" and get_method(method).trains_on_sft_trainer
 
 
 def check_trl_available() -> None:
