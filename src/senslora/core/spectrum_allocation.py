@@ -29,7 +29,9 @@ import heapq
 import math
 from collections.abc import Mapping
 
-from senslora.core.allocation import BUDGET_UNITS, DEFAULT_DOMINANCE_SHARE, Allocation, warn_if_dominated
+from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
+from senslora.core.allocation_options import BUDGET_UNITS
+from senslora.core.allocation_result import Allocation
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
