@@ -149,7 +149,7 @@ def paired_differences(results: list[dict[str, Any]], reference: str) -> list[st
 
 def theta_of(result: dict[str, Any]) -> dict[str, float]:
     """theta per module, recomputed from the sensitivity recorded in a result (the run's metric options)."""
-    from senslora.core.allocation import fuse_scores
+    from senslora.core.fusion import fuse_scores
     from senslora.core.metrics import ModuleSensitivity
 
     sensitivities = {m["name"]: ModuleSensitivity.from_dict(m) for m in result["sensitivity"]["modules"]}

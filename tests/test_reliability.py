@@ -37,7 +37,7 @@ from senslora.core.metrics import (
     topk_metric,
     trace_metric,
 )
-from senslora.finetune.engine import last_checkpoint
+from senslora.finetune.checkpoint_files import last_checkpoint
 from senslora.utils.io import (
     append_line,
     atomic_directory,
@@ -1150,7 +1150,7 @@ class RunsCode:
 
 def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
     """A checkpoint whose optimizer.pt would run code when unpickled is refused before the Trainer loads it."""
-    from senslora.finetune.engine import check_resumable
+    from senslora.finetune.resume import check_resumable
 
     model = torch.nn.Linear(3, 2)
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"

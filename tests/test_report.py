@@ -16,7 +16,7 @@ from matplotlib.image import imread
 
 import senslora
 from senslora.cli.report_commands import add_report_commands
-from senslora.core.allocation import Allocation
+from senslora.core.allocation_result import Allocation
 from senslora.core.module_types import infer_module_type, module_position, order_module_types
 from senslora.reporting.compare import compare_allocations, load_allocation_like, plot_comparison
 from senslora.reporting.report import build_module_grid, load_report_inputs, write_report

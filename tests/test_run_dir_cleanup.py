@@ -155,17 +155,18 @@ def test_run_failing_after_results_keeps_them(tiny_bert_dir, sentiment_csv, tmp_
 
 def test_run_failing_after_a_checkpoint_keeps_it(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
     """A failure in training after the first checkpoint leaves the run to --resume."""
-    import senslora.finetune.engine as engine
+    import senslora.finetune.callbacks as callbacks
+    import senslora.finetune.checkpoint_files as checkpoint_files
 
     run_dir = tmp_path / "run"
-    save = engine.write_checkpoint_state
+    save = callbacks.write_checkpoint_state
 
     def save_then_fail(*args, **kwargs):
         save(*args, **kwargs)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(engine, "write_checkpoint_state", save_then_fail)
+    monkeypatch.setattr(callbacks, "write_checkpoint_state", save_then_fail)
     argv = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
     assert run_cli([*argv, "--method", "lora", "--save-steps", "1"], capsys)[0] == 1
-    assert engine.last_checkpoint(run_dir) is not None  # complete: the run can be resumed from it
+    assert checkpoint_files.last_checkpoint(run_dir) is not None  # complete: the run can be resumed from it
     assert (run_dir / "config.json").is_file() and any((run_dir / "checkpoints").iterdir())

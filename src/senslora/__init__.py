@@ -18,7 +18,9 @@ This module re-exports the core's public names; importing it needs neither the C
 """
 
 import senslora.utils._quiet_imports  # noqa: F401  (first: before peft imports bitsandbytes)
-from senslora.core.allocation import Allocation, DominanceWarning, allocate_ranks, fuse_scores, fusion_weight
+from senslora.core.allocation import DominanceWarning, allocate_ranks
+from senslora.core.allocation_result import Allocation
+from senslora.core.fusion import fuse_scores, fusion_weight
 from senslora.core.metrics import (
     ModuleSensitivity,
     effective_rank_metric,

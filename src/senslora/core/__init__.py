@@ -9,7 +9,12 @@ Imports only `senslora.utils`; knows nothing of fine-tuning, reports or the comm
                             gradient_spectrum
     sensitivity.py          estimate_sensitivity: estimator -> ModuleSensitivity per module
     metrics.py              trace, top-k and effective rank of a diagonal; sensitivity.json
-    allocation.py           fused scores -> integer ranks under a budget; ranks.json
+    allocation.py           allocate_ranks: fused scores -> integer ranks under a budget; DominanceWarning
+    allocation_options.py   the allocation's options (scheme, budget unit, weighting, metric groups)
+    allocation_result.py    Allocation: the ranks and how they were obtained; ranks.json
+    fusion.py               fusion weights c(S) and the fused score theta(w)
+    budget.py               the budget, the bounds on a rank, water-filling, integer rounding
+    progressive.py          Progressive Rank Allocation: levels one apart over whole groups
     spectrum_allocation.py  ranks from gradient singular values
     peft_export.py          Allocation -> peft.LoraConfig(rank_pattern=..., alpha_pattern=...)
     artifacts.py            reading sensitivity.json and ranks.json (their file names, their errors)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import Allocation
+from senslora.core.allocation_result import Allocation
 from senslora.core.metrics import ModuleSensitivity, sensitivities_from_json
 from senslora.utils.io import read_text
 

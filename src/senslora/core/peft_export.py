@@ -22,7 +22,7 @@ from typing import Any
 
 from peft import LoraConfig
 
-from senslora.core.allocation import Allocation
+from senslora.core.allocation_result import Allocation
 
 ALPHA_MODES = ("scale", "fixed")
 

@@ -71,11 +71,14 @@ def estimate_sensitivity(
         ValueError: unknown estimator, bad option values, no matching layers, empty batches, missing
             loss, or NaN/inf statistics (naming the module). The model is left exactly as found.
     """
+    # Refuse bad options before the model is touched or a batch is read.
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
     topk_count(1, topk_fraction)  # validates the range
     if not 0.0 < energy_threshold <= 1.0:
         raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
+    # One pass over the batches with the chosen estimator: a diagonal per target layer (d_in entries for
+    # `activation`, d_in * d_out for the weight-level ones, min(d_in, d_out) for `gradient_spectrum`).
     layers = find_target_layers(model, target_modules)
     common = {"max_batches": max_batches, "progress": progress, "accumulator_device": accumulator_device}
     spectra: dict[str, torch.Tensor] = {}
@@ -94,6 +97,7 @@ def estimate_sensitivity(
         diagonals = hutchinson_diagonals(
             model, layers, batches, num_probes=num_probes, seed=seed, loss_fn=loss_fn, **common
         )
+    # The three metrics of each diagonal (docs/method.md, section 3), in model order.
     sensitivities = {
         layer.name: ModuleSensitivity.from_diagonal(
             layer.name,
@@ -105,6 +109,7 @@ def estimate_sensitivity(
         )
         for layer in layers
     }
+    # `gradient_spectrum` also keeps the singular values themselves, which spectrum allocation spends by.
     return {
         name: replace(item, spectrum=tuple(spectra[name].tolist())) if name in spectra else item
         for name, item in sensitivities.items()

@@ -29,7 +29,9 @@ import heapq
 import math
 from collections.abc import Mapping
 
-from senslora.core.allocation import BUDGET_UNITS, DEFAULT_DOMINANCE_SHARE, Allocation, warn_if_dominated
+from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
+from senslora.core.allocation_options import BUDGET_UNITS
+from senslora.core.allocation_result import Allocation
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
@@ -91,6 +93,8 @@ def allocate_spectrum_ranks(
         ValueError: unknown option, non-positive budget, a module without a spectrum, inconsistent
             bounds, or a budget too small for min_rank (or too large for max_rank) on every module.
     """
+    # Refuse bad options; the factor cap joins max_rank as in `effective_max_rank` (here only None means no
+    # cap); every module must carry a finite, non-negative spectrum, kept sorted largest first.
     _check_options(avg_rank, budget_unit, min_rank, max_rank_factor)
     if not sensitivities:
         raise ValueError("no module sensitivities to allocate ranks from")
@@ -139,6 +143,8 @@ def allocate_spectrum_ranks(
         if ranks[name] < cap[name]:
             heapq.heappush(queue, (-gain(name), name))
 
+    # The record: theta is each module's whole spectral energy ||G_w||_F^2; `extra` holds the gain rule and
+    # the gain per unit of budget of the last rank given.
     allocation = Allocation(
         ranks=ranks,
         theta={n: math.fsum(v * v for v in spectra[n]) for n in names},

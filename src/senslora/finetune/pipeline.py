@@ -207,7 +207,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         run_dir,
         main_metric=data.main_metric,
         greater_is_better=data.greater_is_better,
-        adalora=config.method == "adalora",
+        method=method,
         resume=config.resume,
         progress=config.progress,
         on_best=lambda _model, directory: atomic_write_json(directory / "senslora.json", side),

@@ -14,8 +14,6 @@ configured with and checked against:
 - the numerical checks that stop a run (`TrainingDivergedError`): a non-finite gradient names the step
   and the parameter, a non-finite weight the step and the weight, and `first_non_finite_module` finds
   the first module whose output is NaN/inf after a non-finite loss;
-- AdaLoRA's running importance scores and rank pattern, which a checkpoint must carry for an exact
-  resume (PEFT keeps them outside the model's parameters).
 """
 
 from __future__ import annotations
@@ -36,7 +34,6 @@ SCHEDULERS = ("linear", "cosine", "constant")
 PRECISIONS = ("no", "bf16", "fp16")
 # Reporting integrations TrainingArguments(report_to=...) accepts; "none" turns reporting off.
 REPORTERS = ("none", "all", "tensorboard", "wandb", "mlflow", "comet_ml", "clearml", "dvclive", "trackio")
-ADALORA_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")
 
 
 class TrainingDivergedError(ValueError):
@@ -238,32 +235,6 @@ def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
     """The example order of one epoch: a permutation seeded by (seed, epoch)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return torch.randperm(num_examples, generator=generator).tolist()
-
-
-def _rank_allocator(model: nn.Module) -> Any:
-    return getattr(getattr(model, "base_model", None), "rankallocator", None)
-
-
-def _adalora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], Any]:
-    """AdaLoRA's running importance scores (tensors) and the rank pattern it has fixed so far."""
-    allocator = _rank_allocator(model)
-    tensors = {
-        f"{kind}::{name}": value.detach().contiguous().cpu()
-        for kind in ADALORA_STATE
-        for name, value in getattr(allocator, kind, {}).items()
-    }
-    config = model.peft_config[model.base_model.trainable_adapter_name]
-    return tensors, config.rank_pattern
-
-
-def _restore_adalora_state(model: nn.Module, tensors: dict[str, torch.Tensor], rank_pattern: Any) -> None:
-    allocator = _rank_allocator(model)
-    allocator.reset_ipt()
-    device = next(model.parameters()).device
-    for key, value in tensors.items():
-        kind, name = key.split("::", 1)
-        getattr(allocator, kind)[name] = value.to(device)
-    model.peft_config[model.base_model.trainable_adapter_name].rank_pattern = rank_pattern
 
 
 def _check_gradients(model: nn.Module, step: int) -> None:

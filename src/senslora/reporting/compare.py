@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import RANKS_FORMAT, Allocation
+from senslora.core.allocation_result import RANKS_FORMAT, Allocation
 from senslora.core.artifacts import RANKS_FILE, read_json_file
 from senslora.core.metrics import SENSITIVITY_FORMAT
 from senslora.reporting.figures import DPI, figure_png_bytes

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import Allocation
+from senslora.core.allocation_result import Allocation
 from senslora.reporting.kendall import kendall_tau_b, tau_text
 from senslora.reporting.module_grid import NO_LAYER_LABEL, ModuleGrid, ModuleRow, build_module_grid
 from senslora.reporting.report_figures import (

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import RANKS_FORMAT, Allocation, allocate_ranks
+from senslora.core.allocation import allocate_ranks
+from senslora.core.allocation_result import RANKS_FORMAT, Allocation
 from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, read_json_file
 from senslora.core.metrics import SENSITIVITY_FORMAT, ModuleSensitivity, sensitivities_from_json
 from senslora.utils.io import read_text

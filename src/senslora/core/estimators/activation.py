@@ -35,8 +35,8 @@ class _InputSquares:
     """Forward-pre-hook state: per layer, the sum of squared inputs per channel and the row count."""
 
     def __init__(self, layers: list[TargetLayer], device: torch.device) -> None:
-        self.sums = {t.name: torch.zeros(t.d_in, dtype=torch.float64, device=device) for t in layers}
-        self.rows = {t.name: torch.zeros((), dtype=torch.float64, device=device) for t in layers}
+        self.sums = {t.name: torch.zeros(t.d_in, dtype=torch.float64, device=device) for t in layers}  # (d_in,)
+        self.rows = {t.name: torch.zeros((), dtype=torch.float64, device=device) for t in layers}  # ()
         self.mask: torch.Tensor | None = None
         # q/k/v (gate/up) read the same tensor one after another: reduce it once. The cache holds a
         # reference to that tensor, so its memory cannot be reused by another one meanwhile.
@@ -52,23 +52,25 @@ class _InputSquares:
             return self._last_result
         # A float64 model keeps float64; float32 and half-precision inputs are reduced in float32 (a float64
         # copy of every layer input would double this transient memory and cost ~25 % of the pass on MiniLM).
+        # x, and so squares: (batch, seq, ..., d_in), (batch * seq, d_in), or (batch, d_in) without a token axis
         squares = x.detach().to(torch.promote_types(x.dtype, torch.float32)).square()
         mask = self.mask
         if mask is not None and mask.device != x.device:
             mask = mask.to(x.device)
         if mask is not None and x.dim() >= 3 and tuple(x.shape[:2]) == tuple(mask.shape):
-            weights = mask.to(squares.dtype)
-            sums = torch.einsum("bt...d,bt->d", squares, weights)
+            weights = mask.to(squares.dtype)  # (batch, seq)
+            sums = torch.einsum("bt...d,bt->d", squares, weights)  # (d_in,)
+            # () rows: each non-padding token counts once per row of its (..., d_in) block (e.g. per head)
             rows = weights.sum() * (squares[0, 0].numel() // squares.shape[-1])
         elif mask is not None and x.dim() == 2 and x.shape[0] == mask.numel() and mask.numel() != mask.shape[0]:
-            weights = mask.reshape(-1).to(squares.dtype)
-            sums = weights @ squares
-            rows = weights.sum()
+            weights = mask.reshape(-1).to(squares.dtype)  # (batch * seq,)
+            sums = weights @ squares  # (d_in,)
+            rows = weights.sum()  # ()
         else:  # no token axis (pooler: one row per example) or no mask: every row counts
-            flat = squares.reshape(-1, squares.shape[-1])
-            sums = flat.sum(0)
-            rows = torch.tensor(float(flat.shape[0]), device=x.device)
-        result = (sums.to(torch.float64), rows.to(torch.float64))
+            flat = squares.reshape(-1, squares.shape[-1])  # (rows, d_in)
+            sums = flat.sum(0)  # (d_in,)
+            rows = torch.tensor(float(flat.shape[0]), device=x.device)  # ()
+        result = (sums.to(torch.float64), rows.to(torch.float64))  # ((d_in,), ())
         self._last_input, self._last_result = x, result
         return result
 
@@ -99,7 +101,7 @@ def activation_diagonals(
     """
     device = model_device(model)
     state = _InputSquares(layers, torch.device(accumulator_device) if accumulator_device else device)
-    seen = torch.zeros((), dtype=torch.float64)
+    seen = torch.zeros((), dtype=torch.float64)  # () batches this process ran
     with preserved_model_state(model) as hooks:
         model.eval()
         for layer in layers:
@@ -124,5 +126,5 @@ def activation_diagonals(
                 f"module {layer.name!r} saw no input rows: the calibration batches hold no non-padding "
                 "token, or the layer is not used in the forward pass"
             )
-        diagonals[layer.name] = (2.0 * sums / rows).cpu()
+        diagonals[layer.name] = (2.0 * sums / rows).cpu()  # (d_in,)
     return diagonals

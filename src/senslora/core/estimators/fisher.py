@@ -75,6 +75,7 @@ def mean_gradient_statistic(
     """
     device = model_device(model)
     acc_device = torch.device(accumulator_device) if accumulator_device else None
+    # Weight-shaped accumulators: (d_out, d_in) for nn.Linear, (d_in, d_out) for Conv1D (stored transposed).
     sums = {
         t.name: torch.zeros(
             t.weight.shape,
@@ -83,7 +84,7 @@ def mean_gradient_statistic(
         )
         for t in layers
     }
-    count = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)  # () backward passes: batches, or examples with per_example
     with preserved_model_state(model) as hooks:
         eval_mode_keeping_checkpointing(model)  # checkpointed layers recompute activations in the backward
         weights = prepare_target_gradients(model, layers)
@@ -91,6 +92,7 @@ def mean_gradient_statistic(
             accumulator = sums[layer.name]
 
             def add_and_free(param: torch.Tensor, accumulator: torch.Tensor = accumulator) -> None:
+                # param.grad and transform(param.grad): weight-shaped, as the accumulator
                 accumulator += transform(param.grad.to(accumulator.dtype)).to(accumulator.device)
                 param.grad = None
 
@@ -110,7 +112,7 @@ def mean_gradient_statistic(
         summed = all_reduce_sum(sums.pop(layer.name))
         check_finite(layer.name, summed, "gradients")
         # In place: the accumulator becomes the result, so no second copy of every target's size is made.
-        means[layer.name] = summed.div_(total.to(summed.dtype)).cpu()
+        means[layer.name] = summed.div_(total.to(summed.dtype)).cpu()  # weight-shaped
     return means
 
 
@@ -142,4 +144,4 @@ def fisher_diagonals(
         progress=progress,
         accumulator_device=accumulator_device,
     )
-    return {name: mean.reshape(-1) for name, mean in means.items()}
+    return {name: mean.reshape(-1) for name, mean in means.items()}  # (d_in * d_out,) each

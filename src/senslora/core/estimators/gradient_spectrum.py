@@ -78,4 +78,5 @@ def gradient_spectra(
         progress=progress,
         accumulator_device=accumulator_device,
     )
+    # gradient: weight-shaped, (d_out, d_in) or (d_in, d_out) for Conv1D -> (min(d_in, d_out),) singular values
     return {name: torch.linalg.svdvals(gradient.double()) for name, gradient in means.items()}

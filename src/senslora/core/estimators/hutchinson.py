@@ -67,6 +67,7 @@ def hutchinson_diagonals(
     generator = torch.Generator(device=device if device.type != "mps" else "cpu")
     # Each process of a distributed run draws its own probes (rank 0, or a single process, uses `seed`).
     generator.manual_seed(process_seed(seed))
+    # Weight-shaped accumulators: (d_out, d_in) for nn.Linear, (d_in, d_out) for Conv1D (stored transposed).
     sums = {
         t.name: torch.zeros(
             t.weight.shape,
@@ -75,7 +76,7 @@ def hutchinson_diagonals(
         )
         for t in layers
     }
-    count = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)  # () probes summed: batches x num_probes
     # The fused attention kernels have no double backward; the math kernel does.
     with preserved_model_state(model), sdpa_kernel(SDPBackend.MATH):
         eval_mode_keeping_checkpointing(model)  # checkpointed layers recompute activations in the backward
@@ -85,12 +86,15 @@ def hutchinson_diagonals(
         ):
             batch = move_batch(batch, device)
             loss = compute_loss(model, batch, loss_fn)
+            # One weight-shaped gradient per target (None for a target the loss does not reach), kept in the
+            # graph so that it can be differentiated again.
             grads = torch.autograd.grad(loss, weights, create_graph=True, allow_unused=True)
             # Only gradients that still depend on the weights have a non-zero Hessian block.
             live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
             for probe in range(num_probes):
                 if live:
-                    probes = [_rademacher(weights[i], generator) for i in live]
+                    probes = [_rademacher(weights[i], generator) for i in live]  # z: weight-shaped, +-1
+                    # H z = d(g . z)/dw: weight-shaped per target, None where the product does not reach it
                     products = torch.autograd.grad(
                         [grads[i] for i in live],
                         weights,
@@ -102,7 +106,7 @@ def hutchinson_diagonals(
                         product = products[i]
                         if product is not None:
                             acc = sums[layers[i].name]
-                            acc += (z * product).to(device=acc.device, dtype=acc.dtype)
+                            acc += (z * product).to(device=acc.device, dtype=acc.dtype)  # elementwise, weight-shaped
                 count += 1
             del grads, loss
     # Reduce before any check, so that a process with an empty shard still joins every collective call.
@@ -113,5 +117,5 @@ def hutchinson_diagonals(
     for layer in layers:
         mean = all_reduce_sum(sums[layer.name]) / total.to(sums[layer.name].dtype)
         check_finite(layer.name, mean, "Hessian-vector products")
-        diagonals[layer.name] = mean.reshape(-1).cpu()
+        diagonals[layer.name] = mean.reshape(-1).cpu()  # (d_in * d_out,)
     return diagonals

@@ -51,18 +51,19 @@ def masked_square_sums(values: torch.Tensor, mask: torch.Tensor | None) -> tuple
     `values` is (batch, tokens, ..., features) with a (batch, tokens) mask, or (batch * tokens, features),
     or has no token axis (every row counts).
     """
-    squares = values.detach().double().square()
+    squares = values.detach().double().square()  # as values: (..., features)
     if mask is not None:
         mask = mask.to(values.device)
     if mask is not None and squares.dim() >= 3 and tuple(squares.shape[:2]) == tuple(mask.shape):
-        weights = mask.to(squares.dtype)
-        sums = torch.einsum("bt...d,bt->d", squares, weights)
+        weights = mask.to(squares.dtype)  # (batch, tokens)
+        sums = torch.einsum("bt...d,bt->d", squares, weights)  # (features,)
+        # () rows: each non-padding token counts once per row of its (..., features) block (e.g. per head)
         rows = weights.sum() * (squares[0, 0].numel() // squares.shape[-1])
     elif mask is not None and squares.dim() == 2 and squares.shape[0] == mask.numel() != mask.shape[0]:
-        weights = mask.reshape(-1).to(squares.dtype)
-        sums, rows = weights @ squares, weights.sum()
+        weights = mask.reshape(-1).to(squares.dtype)  # (batch * tokens,)
+        sums, rows = weights @ squares, weights.sum()  # (features,), ()
     else:
-        flat = squares.reshape(-1, squares.shape[-1])
+        flat = squares.reshape(-1, squares.shape[-1])  # (rows, features)
         sums, rows = flat.sum(0), torch.tensor(float(flat.shape[0]), dtype=torch.float64, device=values.device)
     return sums, rows
 
@@ -74,10 +75,10 @@ class _KroneckerFactors:
         def zeros(size: int | tuple[()]) -> torch.Tensor:
             return torch.zeros(size, dtype=torch.float64, device=device)
 
-        self.input_sums = {t.name: zeros(t.d_in) for t in layers}
-        self.gradient_sums = {t.name: zeros(t.d_out) for t in layers}
-        self.input_rows = {t.name: zeros(()) for t in layers}
-        self.gradient_rows = {t.name: zeros(()) for t in layers}
+        self.input_sums = {t.name: zeros(t.d_in) for t in layers}  # (d_in,)
+        self.gradient_sums = {t.name: zeros(t.d_out) for t in layers}  # (d_out,)
+        self.input_rows = {t.name: zeros(()) for t in layers}  # ()
+        self.gradient_rows = {t.name: zeros(()) for t in layers}  # ()
         self.mask: torch.Tensor | None = None
 
     def hook_for(self, name: str):
@@ -85,11 +86,11 @@ class _KroneckerFactors:
             if not (isinstance(output, torch.Tensor) and output.requires_grad):
                 return
             mask = self.mask
-            x = args[0] if args else kwargs.get("input", kwargs.get("x"))
-            input_sums, input_rows = masked_square_sums(x, mask)
+            x = args[0] if args else kwargs.get("input", kwargs.get("x"))  # (batch, tokens, ..., d_in) or flat
+            input_sums, input_rows = masked_square_sums(x, mask)  # (d_in,), ()
 
-            def gradient_hook(gradient: torch.Tensor) -> None:
-                gradient_sums, gradient_rows = masked_square_sums(gradient, mask)
+            def gradient_hook(gradient: torch.Tensor) -> None:  # dL/dy, shaped as the output: (..., d_out)
+                gradient_sums, gradient_rows = masked_square_sums(gradient, mask)  # (d_out,), ()
                 target = self.input_sums[name].device
                 self.input_sums[name] += input_sums.to(target)
                 self.input_rows[name] += input_rows.to(target)
@@ -119,7 +120,7 @@ def kfac_diagonals(
     """
     device = model_device(model)
     state = _KroneckerFactors(layers, torch.device(accumulator_device) if accumulator_device else device)
-    count = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)  # () batches this process ran
     with preserved_model_state(model) as hooks:
         eval_mode_keeping_checkpointing(model)
         weights = prepare_target_gradients(model, layers)
@@ -154,5 +155,5 @@ def kfac_diagonals(
                 "non-padding token, or the layer does not reach the loss"
             )
         outer = torch.outer(gradient_sums / gradient_rows, input_sums / input_rows)  # (d_out, d_in)
-        diagonals[layer.name] = outer.reshape(-1).cpu()
+        diagonals[layer.name] = outer.reshape(-1).cpu()  # (d_out * d_in,)
     return diagonals

@@ -63,5 +63,6 @@ def obd_diagonals(
     saliencies: dict[str, torch.Tensor] = {}
     for layer in layers:
         weight = weight_out_in(layer).to(device="cpu", dtype=torch.float64)  # (d_out, d_in)
+        # (d_out, d_in) * (1, d_in): each row o scaled by h, flattened to (d_out * d_in,)
         saliencies[layer.name] = (weight.square() * inputs[layer.name][None, :]).reshape(-1)
     return saliencies

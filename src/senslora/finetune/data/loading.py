@@ -66,6 +66,8 @@ def load_task_data(spec: DataSpec) -> TaskData:
         ValueError: a missing or unreadable file, unknown format or source, a missing column, labels that do
             not fit the task, an empty split, or a hub dataset that cannot be loaded.
     """
+    # Read the source, settle the task and which columns hold text and label, and drop the rows that lack
+    # one: an empty split is refused here, before labels are read.
     source = _load_source(spec)
     task, columns = _resolve_columns(spec, source)
     why = "after dropping rows with a missing text or label"
@@ -78,11 +80,15 @@ def load_task_data(spec: DataSpec) -> TaskData:
         if len(validation) == 0:
             raise ValueError(f"no validation examples left in the {source.validation_origin} {why}")
 
+    # Class names: the preset's when it describes this task, else the source's own (e.g. a hub ClassLabel);
+    # the label column becomes class ids (classification) or floats (regression).
     preset = source.preset
     names = preset.label_names if preset is not None and preset.task == task else None
     names = names or source.class_names.get(columns.label or "")
     label_names, num_labels = _apply_labels(task, train, validation, columns.label or "", names)
 
+    # Without a validation split one is carved from train (seeded); then each split is capped by a seeded
+    # sample of its own random stream, so the two caps do not interact.
     origin = source.validation_origin or ""
     if validation is None:
         train_index, validation_index = _carve_validation(len(train), spec.validation_fraction, spec.seed)
@@ -92,6 +98,7 @@ def load_task_data(spec: DataSpec) -> TaskData:
     train = _cap(train, spec.max_train_examples, spec.seed, _TRAIN_CAP_STREAM)
     validation = _cap(validation, spec.max_validation_examples, spec.seed, _VALIDATION_CAP_STREAM)
 
+    # What the run records of its data (`data` in its metrics.json): its origin, how it was read and split.
     metric_names, main_metric = _metrics_of(task, preset)
     label_column = "label" if columns.label else None
     task_origin = "given" if spec.task else "preset" if preset is not None and preset.task else "columns"

@@ -35,6 +35,8 @@ def _adalora_config(model: nn.Module) -> Any:
 class AdaLora(Method):
     name = "adalora"
     trains_on_sft_trainer = False
+    state_file = "adalora.safetensors"
+    state_key = "adalora_rank_pattern"
 
     def uniform_rank(self, avg_rank: int) -> int:
         """init_r = ceil(1.5 avg_rank): AdaLoRA starts above the budget and prunes down to it."""

@@ -145,6 +145,11 @@ class Method:
         """transformers.TrainerCallback objects the method needs during training (none by default)."""
         return []
 
+    # Where a checkpoint keeps that state: a safetensors file in checkpoint-N/senslora/ and a key of its
+    # state.json (None: the method has none).
+    state_file: str | None = None
+    state_key: str | None = None
+
     def checkpoint_state(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], Any] | None:
         """State outside the model's parameters that a checkpoint must carry: (tensors, JSON value)."""
         return None
