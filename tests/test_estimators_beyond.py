@@ -12,7 +12,6 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from conftest import tiny_bert, tiny_gpt2, token_batches
 from senslora import estimate_sensitivity, find_target_layers
 from senslora.core.estimators import gradient_spectra, kfac_diagonals, obd_diagonals
 from senslora.core.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
@@ -92,7 +91,7 @@ def test_obd_equals_weight_squared_times_hand_input_hessian():
         torch.testing.assert_close(diagonals[name], expected.reshape(-1))
 
 
-def test_obd_tells_query_key_value_apart_where_activation_ties():
+def test_obd_tells_query_key_value_apart_where_activation_ties(tiny_bert, token_batches):
     model, batches = tiny_bert(), token_batches()
     activation = estimate_sensitivity(model, batches, estimator="activation", progress=False)
     obd = estimate_sensitivity(model, batches, estimator="obd", progress=False)
@@ -111,7 +110,7 @@ def test_obd_tells_query_key_value_apart_where_activation_ties():
     assert scaled[prefix + "attention.self.query"].trace == pytest.approx(obd[prefix + "attention.self.query"].trace)
 
 
-def test_obd_needs_no_labels_and_refuses_quantized_weights():
+def test_obd_needs_no_labels_and_refuses_quantized_weights(tiny_bert, token_batches):
     model = tiny_bert()
     result = estimate_sensitivity(model, token_batches(labels=None), estimator="obd", progress=False)
     assert all(item.trace > 0 for item in result.values())
@@ -144,7 +143,7 @@ def test_kfac_equals_per_token_outer_product_from_retained_output_gradients():
         torch.testing.assert_close(diagonals[name], expected.reshape(-1))
 
 
-def test_kfac_same_under_gradient_checkpointing_and_leaves_no_gradients():
+def test_kfac_same_under_gradient_checkpointing_and_leaves_no_gradients(tiny_bert, token_batches):
     batches = token_batches(labels="class")
     plain = estimate_sensitivity(tiny_bert(), batches, estimator="kfac", progress=False)
     model = tiny_bert()
@@ -158,7 +157,7 @@ def test_kfac_same_under_gradient_checkpointing_and_leaves_no_gradients():
     assert traces[1] > traces[0] * 1.01 and traces[2] > traces[1] * 1.01
 
 
-def test_kfac_on_conv1d_decoder_and_missing_labels():
+def test_kfac_on_conv1d_decoder_and_missing_labels(tiny_gpt2, token_batches):
     model = tiny_gpt2()
     result = estimate_sensitivity(model, token_batches(labels="lm"), estimator="kfac", progress=False)
     assert result["transformer.h.0.attn.c_attn"].num_entries == 32 * 96
@@ -182,7 +181,7 @@ def test_gradient_spectrum_equals_svd_of_manual_mean_gradient():
         torch.testing.assert_close(spectra[name], expected)
 
 
-def test_gradient_spectrum_sensitivity_carries_spectrum_and_its_energy():
+def test_gradient_spectrum_sensitivity_carries_spectrum_and_its_energy(tiny_bert, token_batches):
     model, batches = tiny_bert(), token_batches(labels="class")
     result = estimate_sensitivity(model, batches, estimator="gradient_spectrum", progress=False)
     layer = find_target_layers(model, ["bert.encoder.layer.1.intermediate.dense"])[0]

@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_bert, tiny_llama, token_batches
 from senslora import estimate_sensitivity
 from senslora.finetune.head_warmup import restore_head, snapshot_head, task_head_parameters, warm_up_head
 
 
-def test_only_head_parameters_move():
+def test_only_head_parameters_move(tiny_bert, token_batches):
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -28,7 +27,7 @@ def test_only_head_parameters_move():
         assert parameter.requires_grad == flags[name] and parameter.grad is None
 
 
-def test_snapshot_and_restore():
+def test_snapshot_and_restore(tiny_bert, token_batches):
     model = tiny_bert()
     snapshot = snapshot_head(model)
     warm_up_head(model, token_batches(labels="class"), steps=5, learning_rate=1e-2, progress=False)
@@ -37,7 +36,7 @@ def test_snapshot_and_restore():
         assert torch.equal(parameter, snapshot[name])
 
 
-def test_warmup_changes_loss_based_sensitivity_only():
+def test_warmup_changes_loss_based_sensitivity_only(tiny_bert, token_batches):
     model = tiny_bert()
     batches = token_batches(labels="class")
     fisher_before = estimate_sensitivity(model, batches, estimator="fisher", progress=False)
@@ -50,7 +49,7 @@ def test_warmup_changes_loss_based_sensitivity_only():
     assert fisher_after[pooler].trace != fisher_before[pooler].trace
 
 
-def test_bad_warmup_requests():
+def test_bad_warmup_requests(tiny_bert, tiny_llama, token_batches):
     with pytest.raises(ValueError, match="task head"):
         warm_up_head(tiny_llama(), token_batches(labels="lm"), steps=2, progress=False)
     with pytest.raises(ValueError, match="steps"):

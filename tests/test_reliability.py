@@ -121,8 +121,9 @@ def save_bert_adapter(directory: Path, *, layers: int = 2, hidden: int = 32, lab
 class Inputs:
     """Resolves `{name}` placeholders in argv to small files built in a temporary directory."""
 
-    def __init__(self, tmp_path: Path, bert_dir: Path, csv: Path) -> None:
+    def __init__(self, tmp_path: Path, bert_dir: Path, csv: Path, tiny_llama, tiny_decoder_tokenizer) -> None:
         self.tmp, self.bert, self.csv = tmp_path, bert_dir, csv
+        self.tiny_llama, self.tiny_decoder_tokenizer = tiny_llama, tiny_decoder_tokenizer  # factory fixtures
 
     def write(self, name: str, text: str) -> Path:
         path = self.tmp / name
@@ -176,11 +177,9 @@ class Inputs:
         if name == "reviews_csv":  # the label under a name senslora does not guess
             return self.write("reviews.csv", "review,stars\n" + "a warm and funny film,5\ntwo hours lost,1\n" * 10)
         if name == "llama":  # a tiny Llama (rotary positions, max_position_embeddings 64) with its tokenizer
-            from conftest import tiny_decoder_tokenizer, tiny_llama
-
             directory = t / "tiny-llama"
             if not directory.exists():
-                tokenizer, model = tiny_decoder_tokenizer(), tiny_llama()
+                tokenizer, model = self.tiny_decoder_tokenizer(), self.tiny_llama()
                 model.config.pad_token_id = tokenizer.pad_token_id
                 model.save_pretrained(directory)
                 tokenizer.save_pretrained(directory)
@@ -615,9 +614,19 @@ def base_arguments(command: str, inputs: Inputs) -> list[str]:
     ("command", "arguments", "expected", "stage"), [row[1:] for row in CATALOGUE], ids=[row[0] for row in CATALOGUE]
 )
 def test_bad_input_is_one_line_and_exit_2(
-    command, arguments, expected, stage, tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch
+    command,
+    arguments,
+    expected,
+    stage,
+    tiny_bert_dir,
+    sentiment_csv,
+    tiny_llama,
+    tiny_decoder_tokenizer,
+    tmp_path,
+    capsys,
+    monkeypatch,
 ):
-    inputs = Inputs(tmp_path, tiny_bert_dir, sentiment_csv)
+    inputs = Inputs(tmp_path, tiny_bert_dir, sentiment_csv, tiny_llama, tiny_decoder_tokenizer)
     argv = [command, *base_arguments(command, inputs), *[inputs.resolve(a) for a in arguments]]
     model_loads, tokenizations = [], []
     if stage in ("early", "parse"):
