@@ -217,7 +217,7 @@ def test_shipped_accelerate_configs_parse():
 
     import yaml
 
-    folder = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+    folder = Path(__file__).resolve().parents[2] / "configs" / "accelerate"
     files = sorted(folder.glob("*.yaml"))
     assert {f.name for f in files} >= {"ddp.yaml", "fsdp.yaml", "deepspeed_zero3.yaml"}
     from accelerate.commands.config.config_args import ClusterConfig

@@ -186,7 +186,7 @@ def test_config_file_and_flags(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
 def test_shipped_configs_parse():
     from senslora.finetune.config import RunConfig, load_config_file
 
-    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
     assert configs, "the repository ships example configs"
     for path in configs:
         RunConfig(**load_config_file(path)).validate()
