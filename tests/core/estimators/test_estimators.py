@@ -235,33 +235,9 @@ def test_fisher_batch_mode_equals_explicit_loop():
         torch.testing.assert_close(estimate[name], reference[name])
 
 
-def _captured_inputs_reference(model, batches):
-    """Independent activation reference: clone every Linear input, mask by hand, sum squares."""
-    captured: dict[str, list[torch.Tensor]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            handles.append(
-                module.register_forward_hook(lambda m, a, o, name=name: captured.setdefault(name, []).append(a[0]))
-            )
-    sums, counts = {}, {}
-    with torch.no_grad():
-        for b in batches:
-            captured.clear()
-            model(**b)
-            keep = b["attention_mask"].bool()
-            for name, (x,) in captured.items():
-                rows = x[keep] if x.dim() == 3 else x  # the pooler sees one row per example
-                sums[name] = sums.get(name, 0) + (rows.double() ** 2).sum(0)
-                counts[name] = counts.get(name, 0) + rows.shape[0]
-    for h in handles:
-        h.remove()
-    return {name: 2 * sums[name] / counts[name] for name in sums}
-
-
-def test_activation_on_tiny_bert_matches_captured_inputs(tiny_bert, token_batches):
+def test_activation_on_tiny_bert_matches_captured_inputs(tiny_bert, token_batches, captured_inputs_reference):
     model, batches = tiny_bert(), token_batches(count=3)
-    reference = _captured_inputs_reference(model, batches)
+    reference = captured_inputs_reference(model, batches)
     layers = find_target_layers(model)
     assert "classifier" not in {t.name for t in layers} and "bert.pooler.dense" in {t.name for t in layers}
     diagonals = activation_diagonals(model, layers, batches, progress=False)

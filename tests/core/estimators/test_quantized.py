@@ -15,7 +15,6 @@ from torch import nn
 
 from senslora import allocate_ranks, estimate_sensitivity, find_target_layers
 from senslora.core.estimators import activation_diagonals
-from test_estimators import _captured_inputs_reference
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -60,9 +59,9 @@ def test_the_base_really_is_quantized(token_batches):
     assert 0 < difference < 1  # 4-bit rounding changes the outputs a little
 
 
-def test_activation_on_quantized_base_matches_captured_inputs(token_batches):
+def test_activation_on_quantized_base_matches_captured_inputs(token_batches, captured_inputs_reference):
     model, batches = quantized_tiny_bert(), token_batches(count=3)
-    reference = _captured_inputs_reference(model, batches)
+    reference = captured_inputs_reference(model, batches)
     layers = find_target_layers(model)
     assert len(layers) == 13 and all((t.d_in, t.d_out) == (t.module.in_features, t.module.out_features) for t in layers)
     diagonals = activation_diagonals(model, layers, batches, progress=False)
