@@ -20,7 +20,7 @@ from senslora.cli import main
 from senslora.core.allocation import DominanceWarning, allocate_ranks
 from senslora.core.metrics import ModuleSensitivity, sensitivities_to_json
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
 TINY_BERT_MODULES = [
     f"bert.encoder.layer.{i}.{m}"
