@@ -86,7 +86,6 @@ def test_pipeline_keeps_or_restores_the_warmed_head(tiny_bert_dir, sentiment_csv
 
 
 def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_path):
-    import json
 
     from senslora.finetune.pipeline import finetune
 
@@ -117,27 +116,3 @@ def test_every_estimator_caps_ranks_at_twice_the_average_by_default():
     assert RunConfig().max_rank_factor == 2.0 and effective_max_rank_factor(RunConfig().max_rank_factor) == 2.0
     assert effective_max_rank_factor(0) is None and effective_max_rank_factor(None) is None
     assert effective_max_rank_factor(3.0) == 3.0
-
-
-def test_fisher_run_gets_the_safeguards_by_default(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
-    """A default fisher run warms the head up and caps ranks at 2x the average; 0 turns each off."""
-    from senslora import Allocation
-    from senslora.cli import main
-
-    base = ["sensitivity", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--estimator", "fisher"]
-    base += ["--no-progress", "--calibration-examples", "32", "--max-length", "32"]
-    assert main([*base, "--output", str(tmp_path / "default.json")]) == 0
-    assert main([*base, "--output", str(tmp_path / "off.json"), "--head-warmup-steps", "0"]) == 0
-    default = json.loads((tmp_path / "default.json").read_text())
-    assert default["head_warmup"]["steps"] == 50 and default["head_warmup"]["head_kept"] is True
-    assert json.loads((tmp_path / "off.json").read_text())["head_warmup"] == {"steps": 0}
-
-    capsys.readouterr()
-    allocate = ["allocate", str(tmp_path / "off.json"), "--avg-rank", "3", "--budget-unit", "rank"]
-    assert main([*allocate, "--output", str(tmp_path / "capped.json")]) == 0
-    assert "takes" not in capsys.readouterr().err
-    assert main([*allocate, "--output", str(tmp_path / "uncapped.json"), "--max-rank-factor", "0"]) == 0
-    assert "bert.pooler.dense" in capsys.readouterr().err  # without the cap the pooler dominates (warning)
-    capped = Allocation.from_json((tmp_path / "capped.json").read_text()).ranks
-    uncapped = Allocation.from_json((tmp_path / "uncapped.json").read_text()).ranks
-    assert max(capped.values()) <= 6 < max(uncapped.values()) and sum(capped.values()) == sum(uncapped.values())
