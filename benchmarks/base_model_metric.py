@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from experiments import PROFILES  # noqa: E402
 
@@ -26,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("experiments", nargs="+", help="experiment names of the full profile")
     args = parser.parse_args(argv)
 
-    from senslora.cli.commands import quiet_libraries
     from senslora.finetune.config import RunConfig
+    from senslora.finetune.environment import quiet_libraries
     from senslora.finetune.preparation import prepare
     from senslora.finetune.saved_adapter import evaluate_on_validation
     from senslora.utils.io import atomic_write_json

@@ -27,9 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 
-from senslora.cli.commands import quiet_libraries
 from senslora.finetune.config import RunConfig
-from senslora.finetune.environment import package_versions
+from senslora.finetune.environment import package_versions, quiet_libraries
 from senslora.finetune.pipeline import finetune
 from senslora.finetune.preparation import calibration_batches, prepare
 from senslora.finetune.rank_steps import run_sensitivity

@@ -28,8 +28,8 @@ METHODS = ("lora", "senslora", "adalora", "eva")
 
 def setup(num_batches: int):
     """Real MiniLM, real Rotten Tomatoes batches (main-job settings) and the calibration batches."""
-    from senslora.cli.commands import quiet_libraries
     from senslora.finetune.config import RunConfig
+    from senslora.finetune.environment import quiet_libraries
     from senslora.finetune.preparation import calibration_batches, prepare
 
     quiet_libraries()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from controls import control_allocation, run_baseline, write_ranks  # noqa: E402
 from experiments import PROFILES, Experiment, results_directory  # noqa: E402
@@ -101,9 +100,8 @@ def adapter_update_norms(weights: dict[str, Any], config: dict[str, Any]) -> dic
 
 def run_worker(experiment: Experiment, output: Path) -> None:
     """In a fresh process: run one experiment and write its results JSON."""
-    from senslora.cli.commands import quiet_libraries
     from senslora.finetune.config import RunConfig
-    from senslora.finetune.environment import package_versions
+    from senslora.finetune.environment import package_versions, quiet_libraries
     from senslora.finetune.pipeline import finetune
     from senslora.utils.io import atomic_write_json
 

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from senslora import allocate_ranks, estimate_sensitivity
-    from senslora.cli.commands import quiet_libraries
     from senslora.finetune.data import DataSpec, load_task_data
+    from senslora.finetune.environment import quiet_libraries
     from senslora.finetune.models import load_model_and_tokenizer
     from senslora.reporting.compare import compare_allocations
     from senslora.utils.io import atomic_write_json

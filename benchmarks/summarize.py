@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 from experiments import results_directory  # noqa: E402
 

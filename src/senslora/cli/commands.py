@@ -290,38 +290,12 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def quiet_libraries() -> None:
-    """Keep the terminal for our own progress and results: no load reports or deprecation chatter."""
-    import warnings
-
-    import transformers
-
-    if getattr(warnings.showwarning, "senslora", False):
-        return  # already installed: never wrap our own handler again
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
-    default_show = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        from senslora.core.allocation import DominanceWarning
-
-        if issubclass(category, DominanceWarning):
-            print(f"senslora: warning: {message}", file=sys.stderr)
-        else:
-            default_show(message, category, filename, lineno, file, line)
-
-    show.senslora = True
-    warnings.showwarning = show
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `senslora` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from senslora.finetune.environment import quiet_libraries
+
     quiet_libraries()
     debug = os.environ.get("SENSLORA_DEBUG") == "1"
     try:

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import BUDGET_UNITS, DEFAULT_MAX_RANK_FACTOR, METRIC_GROUPS, SCHEMES, WEIGHTINGS
+from senslora.core.allocation_options import BUDGET_UNITS, METRIC_GROUPS, SCHEMES, WEIGHTINGS
+from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR
 from senslora.core.peft_export import ALPHA_MODES
 from senslora.core.sensitivity import ESTIMATORS
 from senslora.finetune.methods import METHODS

@@ -1,8 +1,10 @@
-"""Where a run computes and what it ran with: the device to use, and the versions recorded in every result."""
+"""Where a run computes and what it ran with: the device to use, the versions recorded in every result,
+and quiet libraries (no load reports or deprecation chatter on the terminal)."""
 
 from __future__ import annotations
 
 import platform
+import sys
 
 import torch
 
@@ -50,3 +52,31 @@ def resolve_device(name: str) -> torch.device:
 
 def _mps_available() -> bool:
     return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our own progress and results: no load reports or deprecation chatter."""
+    import warnings
+
+    import transformers
+
+    if getattr(warnings.showwarning, "senslora", False):
+        return  # already installed: never wrap our own handler again
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+    warnings.filterwarnings("ignore", message=".*low_cpu_mem_usage.*")
+    default_show = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from senslora.core.allocation import DominanceWarning
+
+        if issubclass(category, DominanceWarning):
+            print(f"senslora: warning: {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    show.senslora = True
+    warnings.showwarning = show

@@ -15,7 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from senslora.core.allocation import Allocation, allocate_ranks, check_budget_fits, effective_max_rank
+from senslora.core.allocation import allocate_ranks
+from senslora.core.allocation_result import Allocation
+from senslora.core.budget import check_budget_fits, effective_max_rank
 from senslora.core.metrics import ModuleSensitivity
 from senslora.core.sensitivity import estimate_sensitivity
 from senslora.core.spectrum_allocation import allocate_spectrum_ranks

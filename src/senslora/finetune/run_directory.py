@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from senslora.core.allocation import Allocation
+from senslora.core.allocation_result import Allocation
 from senslora.core.metrics import ModuleSensitivity
+from senslora.finetune.checkpoint_files import STATE_FOLDER, checkpoints
 from senslora.finetune.config import RunConfig
-from senslora.finetune.engine import STATE_FOLDER, check_resumable, checkpoints
 from senslora.finetune.environment import package_versions
+from senslora.finetune.resume import check_resumable
 from senslora.utils.io import check_output_path, read_text, recover_directory
 
 FINISHED_MARKER = "metrics.json"

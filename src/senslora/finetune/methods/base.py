@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from senslora.core.allocation import Allocation
+from senslora.core.allocation_result import Allocation
 from senslora.core.targets import find_target_layers
 
 TASK_TYPES = {

@@ -7,7 +7,6 @@ import torch
 from peft import PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer
 
-from conftest import tiny_bert, tiny_gpt2, token_batches
 from senslora import allocate_ranks, estimate_sensitivity, to_lora_config
 
 
@@ -29,13 +28,13 @@ def lora_scalings(model) -> dict[str, float]:
 
 
 @pytest.fixture
-def allocation():
+def allocation(tiny_bert, token_batches):
     model = tiny_bert()
     sensitivities = estimate_sensitivity(model, token_batches(), progress=False)
     return allocate_ranks(sensitivities, avg_rank=4, min_rank=1)
 
 
-def test_ranks_and_scales_read_back(allocation):
+def test_ranks_and_scales_read_back(allocation, tiny_bert):
     assert len(set(allocation.ranks.values())) > 1  # a real non-uniform allocation
     model = get_peft_model(tiny_bert(), to_lora_config(allocation, lora_alpha=8, task_type="SEQ_CLS"))
     assert lora_ranks(model) == allocation.ranks
@@ -57,14 +56,14 @@ def test_ranks_and_scales_read_back(allocation):
         ("fixed", False, {1: 8 / 1, 7: 8 / 7}),
     ],
 )
-def test_scales_peft_reports_with_and_without_rslora(alpha_mode, use_rslora, expected):
+def test_scales_peft_reports_with_and_without_rslora(alpha_mode, use_rslora, expected, tiny_bert):
     ranks = {"bert.encoder.layer.0.attention.self.query": 1, "bert.encoder.layer.1.attention.self.query": 7}
     config = to_lora_config(ranks, lora_alpha=8, alpha_mode=alpha_mode, use_rslora=use_rslora)
     scalings = lora_scalings(get_peft_model(tiny_bert(), config))
     assert scalings == {name: pytest.approx(expected[rank]) for name, rank in ranks.items()}
 
 
-def test_rank_zero_modules_are_left_out():
+def test_rank_zero_modules_are_left_out(tiny_bert):
     ranks = {"bert.encoder.layer.0.attention.self.query": 3, "bert.encoder.layer.1.attention.self.query": 0}
     model = get_peft_model(tiny_bert(), to_lora_config(ranks, lora_alpha=4))
     assert lora_ranks(model) == {"bert.encoder.layer.0.attention.self.query": 3}
@@ -74,7 +73,7 @@ def test_rank_zero_modules_are_left_out():
         to_lora_config(ranks, lora_alpha=4, alpha_mode="other")
 
 
-def test_outputs_unchanged_at_init(allocation):
+def test_outputs_unchanged_at_init(allocation, tiny_bert, token_batches):
     base = tiny_bert()
     batch = token_batches(count=1)[0]
     with torch.no_grad():
@@ -83,7 +82,7 @@ def test_outputs_unchanged_at_init(allocation):
         torch.testing.assert_close(peft_model(**batch).logits, expected)
 
 
-def test_stock_reload_gives_same_ranks_and_logits(allocation, tmp_path):
+def test_stock_reload_gives_same_ranks_and_logits(allocation, tmp_path, tiny_bert, token_batches):
     base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
     tiny_bert().save_pretrained(base_dir)
     from transformers import AutoModelForSequenceClassification
@@ -110,7 +109,7 @@ def test_stock_reload_gives_same_ranks_and_logits(allocation, tmp_path):
     assert not torch.allclose(expected, tiny_bert()(**batch).logits)  # the adapter does change the output
 
 
-def test_gpt2_conv1d_targets_export():
+def test_gpt2_conv1d_targets_export(tiny_gpt2, token_batches):
     model = tiny_gpt2()
     sensitivities = estimate_sensitivity(model, token_batches(), progress=False)
     allocation = allocate_ranks(sensitivities, avg_rank=2)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_smoke_profile_runs_resumes_and_summarizes(tmp_path):
@@ -61,14 +61,14 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert all(row["seconds"] > 0 and row["peak_memory_mb"] > 0 for row in rows)
 
 
-def test_adapter_update_norms_match_peft_delta_weights(tmp_path):
+def test_adapter_update_norms_match_peft_delta_weights(tmp_path, benchmark_module):
     """The harness's ||(alpha/r) B A|| per module equals PEFT's own get_delta_weight of the saved adapter."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import BertConfig, BertModel
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from run import adapter_update_norms, load_adapter
+    run = benchmark_module("run")
+    adapter_update_norms, load_adapter = run.adapter_update_norms, run.load_adapter
 
     torch.manual_seed(0)
     config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
@@ -95,15 +95,10 @@ def test_adapter_update_norms_match_peft_delta_weights(tmp_path):
         assert abs(measured[name] - value) <= 1e-4 * value, name
 
 
-def test_published_activation_rows_keep_their_labels_and_settings():
+def test_published_activation_rows_keep_their_labels_and_settings(benchmark_module):
     """The activation rows were published uncapped (the default then): the experiments now say so, and the
     label stays the one the published results carry."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import experiments
-        import summarize
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    experiments, summarize = benchmark_module("experiments"), benchmark_module("summarize")
     published = {"method": "senslora", "estimator": "activation", "budget_unit": "params"}
     explicit = published | {"max_rank_factor": 0}
     capped = published | {"max_rank_factor": 2.0}

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def tools():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import controls
-        import summarize_evidence
-
-        yield controls, summarize_evidence
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def tools(benchmark_module):
+    return benchmark_module("controls"), benchmark_module("summarize_evidence")
 
 
 SHAPES = {"q": (4, 4), "k": (4, 4), "v": (4, 4), "up": (4, 12), "down": (12, 4)}
@@ -124,12 +113,8 @@ def test_no_verdict_before_three_seeds(tools):
     assert summary.verdict([[0.05, 0.04, 0.06]]) == "yes"
 
 
-def test_rerun_table_compares_each_superseded_result_with_its_rerun(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import compare_reruns
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def test_rerun_table_compares_each_superseded_result_with_its_rerun(tmp_path, benchmark_module):
+    compare_reruns = benchmark_module("compare_reruns")
     (tmp_path / "superseded").mkdir()
 
     def write(path, accuracy, ranks):

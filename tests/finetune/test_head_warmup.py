@@ -7,12 +7,11 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_bert, tiny_llama, token_batches
 from senslora import estimate_sensitivity
 from senslora.finetune.head_warmup import restore_head, snapshot_head, task_head_parameters, warm_up_head
 
 
-def test_only_head_parameters_move():
+def test_only_head_parameters_move(tiny_bert, token_batches):
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -28,7 +27,7 @@ def test_only_head_parameters_move():
         assert parameter.requires_grad == flags[name] and parameter.grad is None
 
 
-def test_snapshot_and_restore():
+def test_snapshot_and_restore(tiny_bert, token_batches):
     model = tiny_bert()
     snapshot = snapshot_head(model)
     warm_up_head(model, token_batches(labels="class"), steps=5, learning_rate=1e-2, progress=False)
@@ -37,7 +36,7 @@ def test_snapshot_and_restore():
         assert torch.equal(parameter, snapshot[name])
 
 
-def test_warmup_changes_loss_based_sensitivity_only():
+def test_warmup_changes_loss_based_sensitivity_only(tiny_bert, token_batches):
     model = tiny_bert()
     batches = token_batches(labels="class")
     fisher_before = estimate_sensitivity(model, batches, estimator="fisher", progress=False)
@@ -50,7 +49,7 @@ def test_warmup_changes_loss_based_sensitivity_only():
     assert fisher_after[pooler].trace != fisher_before[pooler].trace
 
 
-def test_bad_warmup_requests():
+def test_bad_warmup_requests(tiny_bert, tiny_llama, token_batches):
     with pytest.raises(ValueError, match="task head"):
         warm_up_head(tiny_llama(), token_batches(labels="lm"), steps=2, progress=False)
     with pytest.raises(ValueError, match="steps"):
@@ -100,7 +99,6 @@ def test_warmup_learning_rate_is_its_own_option(tiny_bert_dir, sentiment_csv, ov
 
 
 def test_finetune_sidecar_records_the_warmup(tiny_bert_dir, sentiment_csv, tmp_path):
-    import json
 
     from senslora.finetune.pipeline import finetune
 
@@ -131,27 +129,3 @@ def test_every_estimator_caps_ranks_at_twice_the_average_by_default():
     assert RunConfig().max_rank_factor == 2.0 and effective_max_rank_factor(RunConfig().max_rank_factor) == 2.0
     assert effective_max_rank_factor(0) is None and effective_max_rank_factor(None) is None
     assert effective_max_rank_factor(3.0) == 3.0
-
-
-def test_fisher_run_gets_the_safeguards_by_default(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
-    """A default fisher run warms the head up and caps ranks at 2x the average; 0 turns each off."""
-    from senslora import Allocation
-    from senslora.cli import main
-
-    base = ["sensitivity", "--model", str(tiny_bert_dir), "--data", str(sentiment_csv), "--estimator", "fisher"]
-    base += ["--no-progress", "--calibration-examples", "32", "--max-length", "32"]
-    assert main([*base, "--output", str(tmp_path / "default.json")]) == 0
-    assert main([*base, "--output", str(tmp_path / "off.json"), "--head-warmup-steps", "0"]) == 0
-    default = json.loads((tmp_path / "default.json").read_text())
-    assert default["head_warmup"]["steps"] == 50 and default["head_warmup"]["head_kept"] is True
-    assert json.loads((tmp_path / "off.json").read_text())["head_warmup"] == {"steps": 0}
-
-    capsys.readouterr()
-    allocate = ["allocate", str(tmp_path / "off.json"), "--avg-rank", "3", "--budget-unit", "rank"]
-    assert main([*allocate, "--output", str(tmp_path / "capped.json")]) == 0
-    assert "takes" not in capsys.readouterr().err
-    assert main([*allocate, "--output", str(tmp_path / "uncapped.json"), "--max-rank-factor", "0"]) == 0
-    assert "bert.pooler.dense" in capsys.readouterr().err  # without the cap the pooler dominates (warning)
-    capped = Allocation.from_json((tmp_path / "capped.json").read_text()).ranks
-    uncapped = Allocation.from_json((tmp_path / "uncapped.json").read_text()).ranks
-    assert max(capped.values()) <= 6 < max(uncapped.values()) and sum(capped.values()) == sum(uncapped.values())

@@ -187,7 +187,7 @@ def test_shipped_configs_parse():
     from senslora.finetune.config import RunConfig
     from senslora.finetune.config_file import load_config_file
 
-    configs = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+    configs = sorted(Path(__file__).resolve().parents[2].joinpath("configs").glob("*.yaml"))
     assert configs, "the repository ships example configs"
     for path in configs:
         RunConfig(**load_config_file(path)).validate()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_bert, tiny_llama, token_batches
 from senslora import find_target_layers
 from senslora.core.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
 
@@ -23,7 +22,7 @@ def run(estimator: str, model, batches):
 
 
 @pytest.mark.parametrize("estimator", ["fisher", "hutchinson"])
-def test_gradient_checkpointing_recomputes_and_changes_nothing(estimator):
+def test_gradient_checkpointing_recomputes_and_changes_nothing(estimator, tiny_bert, token_batches):
     batches = token_batches(count=2, labels="class")
     reference = run(estimator, tiny_bert(), batches)  # BERT has dropout: it must stay off in both runs
 
@@ -41,7 +40,7 @@ def test_gradient_checkpointing_recomputes_and_changes_nothing(estimator):
 
 
 @pytest.mark.parametrize("estimator", ["activation", "fisher", "hutchinson"])
-def test_bfloat16_model_accumulates_in_full_precision(estimator):
+def test_bfloat16_model_accumulates_in_full_precision(estimator, tiny_llama, token_batches):
     batches = token_batches(count=2, labels="lm")
     full = tiny_llama()
     half = tiny_llama().to(torch.bfloat16)

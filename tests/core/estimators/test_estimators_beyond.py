@@ -4,7 +4,6 @@ manual gradient loop with torch.linalg.svdvals."""
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -12,7 +11,6 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from conftest import tiny_bert, tiny_gpt2, token_batches
 from senslora import estimate_sensitivity, find_target_layers
 from senslora.core.estimators import gradient_spectra, kfac_diagonals, obd_diagonals
 from senslora.core.metrics import ModuleSensitivity, sensitivities_from_json, sensitivities_to_json
@@ -92,7 +90,7 @@ def test_obd_equals_weight_squared_times_hand_input_hessian():
         torch.testing.assert_close(diagonals[name], expected.reshape(-1))
 
 
-def test_obd_tells_query_key_value_apart_where_activation_ties():
+def test_obd_tells_query_key_value_apart_where_activation_ties(tiny_bert, token_batches):
     model, batches = tiny_bert(), token_batches()
     activation = estimate_sensitivity(model, batches, estimator="activation", progress=False)
     obd = estimate_sensitivity(model, batches, estimator="obd", progress=False)
@@ -111,7 +109,7 @@ def test_obd_tells_query_key_value_apart_where_activation_ties():
     assert scaled[prefix + "attention.self.query"].trace == pytest.approx(obd[prefix + "attention.self.query"].trace)
 
 
-def test_obd_needs_no_labels_and_refuses_quantized_weights():
+def test_obd_needs_no_labels_and_refuses_quantized_weights(tiny_bert, token_batches):
     model = tiny_bert()
     result = estimate_sensitivity(model, token_batches(labels=None), estimator="obd", progress=False)
     assert all(item.trace > 0 for item in result.values())
@@ -144,7 +142,7 @@ def test_kfac_equals_per_token_outer_product_from_retained_output_gradients():
         torch.testing.assert_close(diagonals[name], expected.reshape(-1))
 
 
-def test_kfac_same_under_gradient_checkpointing_and_leaves_no_gradients():
+def test_kfac_same_under_gradient_checkpointing_and_leaves_no_gradients(tiny_bert, token_batches):
     batches = token_batches(labels="class")
     plain = estimate_sensitivity(tiny_bert(), batches, estimator="kfac", progress=False)
     model = tiny_bert()
@@ -158,7 +156,7 @@ def test_kfac_same_under_gradient_checkpointing_and_leaves_no_gradients():
     assert traces[1] > traces[0] * 1.01 and traces[2] > traces[1] * 1.01
 
 
-def test_kfac_on_conv1d_decoder_and_missing_labels():
+def test_kfac_on_conv1d_decoder_and_missing_labels(tiny_gpt2, token_batches):
     model = tiny_gpt2()
     result = estimate_sensitivity(model, token_batches(labels="lm"), estimator="kfac", progress=False)
     assert result["transformer.h.0.attn.c_attn"].num_entries == 32 * 96
@@ -182,7 +180,7 @@ def test_gradient_spectrum_equals_svd_of_manual_mean_gradient():
         torch.testing.assert_close(spectra[name], expected)
 
 
-def test_gradient_spectrum_sensitivity_carries_spectrum_and_its_energy():
+def test_gradient_spectrum_sensitivity_carries_spectrum_and_its_energy(tiny_bert, token_batches):
     model, batches = tiny_bert(), token_batches(labels="class")
     result = estimate_sensitivity(model, batches, estimator="gradient_spectrum", progress=False)
     layer = find_target_layers(model, ["bert.encoder.layer.1.intermediate.dense"])[0]
@@ -208,54 +206,3 @@ def test_spectrum_round_trips_and_old_files_stay_readable():
     assert loaded == {"a": with_spectrum, "b": without}
     with pytest.raises(ValueError, match="spectrum values must be finite"):
         ModuleSensitivity.from_dict({**with_spectrum.to_dict(), "spectrum": [1.0, -1.0]})
-
-
-# command line, end to end on a tiny BERT
-
-
-@pytest.mark.parametrize("estimator", ["obd", "kfac", "gradient_spectrum"])
-def test_cli_sensitivity_allocate_finetune(estimator, tiny_bert_dir, sentiment_csv, tmp_path, capsys):
-    from senslora import Allocation
-    from senslora.cli import main
-
-    common = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--estimator", estimator, "--no-progress"]
-    common += ["--calibration-examples", "32", "--max-length", "32"]
-    sensitivity_path, ranks_path = tmp_path / "sensitivity.json", tmp_path / "ranks.json"
-    assert main(["sensitivity", *map(str, common), "--output", str(sensitivity_path)]) == 0
-    sensitivities, metadata = sensitivities_from_json(sensitivity_path.read_text())
-    assert metadata["estimator"] == estimator and len(sensitivities) == 13
-    assert (metadata["head_warmup"]["steps"] > 0) == (estimator != "obd")  # the loss-based safeguard
-    assert all((item.spectrum is not None) == (estimator == "gradient_spectrum") for item in sensitivities.values())
-
-    allocate = ["allocate", str(sensitivity_path), "--avg-rank", "3", "--budget-unit", "params"]
-    assert main([*allocate, "--min-rank", "0", "--output", str(ranks_path)]) == 0
-    allocation = Allocation.from_json(ranks_path.read_text())
-    assert (
-        allocation.budget_used
-        <= allocation.budget
-        == 3 * sum(d_in + d_out for d_in, d_out in allocation.shapes.values())
-    )
-    assert allocation.scheme == ("spectrum" if estimator == "gradient_spectrum" else "sra")
-    if estimator != "obd":  # default cap of the loss-based estimators: 2 x avg_rank
-        assert allocation.max_rank == 6 and max(allocation.ranks.values()) <= 6
-
-    run_dir = tmp_path / "run"
-    finetune = ["finetune", *map(str, common), "--output-dir", str(run_dir), "--avg-rank", "3", "--epochs", "1"]
-    assert main([*finetune, "--batch-size", "32", "--head-warmup-steps", "5"]) == 0
-    capsys.readouterr()
-    ranks = Allocation.from_json((run_dir / "ranks.json").read_text())
-    assert ranks.scheme == ("spectrum" if estimator == "gradient_spectrum" else "sra")
-    adapter_config = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
-    assert adapter_config["rank_pattern"] == {n: r for n, r in ranks.ranks.items() if r > 0}
-
-
-def test_cli_obd_takes_label_free_calibration_text(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
-    from senslora.cli import main
-
-    texts = tmp_path / "other.txt"
-    texts.write_text("\n".join(f"an unrelated sentence number {i} about the weather" for i in range(40)))
-    base = ["sensitivity", "--model", tiny_bert_dir, "--data", sentiment_csv, "--calibration-data", texts]
-    base += ["--no-progress", "--calibration-examples", "16"]
-    assert main([*map(str, base), "--estimator", "obd", "--output", str(tmp_path / "obd.json")]) == 0
-    assert main([*map(str, base), "--estimator", "kfac", "--output", str(tmp_path / "kfac.json")]) == 2
-    assert "no labels" in capsys.readouterr().err

@@ -13,14 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import VOCAB, token_batches
 from senslora import allocate_ranks, estimate_sensitivity, find_target_layers
 from senslora.core.estimators import activation_diagonals
-from test_estimators import _captured_inputs_reference
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import bitsandbytes as bnb
+
+VOCAB = 100  # the token_batches fixture draws token ids below 100
 
 
 def small_bert() -> nn.Module:
@@ -50,7 +50,7 @@ def quantized_tiny_bert() -> nn.Module:
     return model.eval()
 
 
-def test_the_base_really_is_quantized():
+def test_the_base_really_is_quantized(token_batches):
     model, batches = quantized_tiny_bert(), token_batches(count=1)
     query = model.bert.encoder.layer[0].attention.self.query
     assert isinstance(query, bnb.nn.Linear4bit) and query.weight.dtype == torch.uint8
@@ -59,9 +59,9 @@ def test_the_base_really_is_quantized():
     assert 0 < difference < 1  # 4-bit rounding changes the outputs a little
 
 
-def test_activation_on_quantized_base_matches_captured_inputs():
+def test_activation_on_quantized_base_matches_captured_inputs(token_batches, captured_inputs_reference):
     model, batches = quantized_tiny_bert(), token_batches(count=3)
-    reference = _captured_inputs_reference(model, batches)
+    reference = captured_inputs_reference(model, batches)
     layers = find_target_layers(model)
     assert len(layers) == 13 and all((t.d_in, t.d_out) == (t.module.in_features, t.module.out_features) for t in layers)
     diagonals = activation_diagonals(model, layers, batches, progress=False)
@@ -72,7 +72,7 @@ def test_activation_on_quantized_base_matches_captured_inputs():
 
 
 @pytest.mark.parametrize("estimator", ["fisher", "hutchinson"])
-def test_loss_based_estimators_refuse_a_quantized_base(estimator):
+def test_loss_based_estimators_refuse_a_quantized_base(estimator, token_batches):
     model = quantized_tiny_bert()
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     with pytest.raises(ValueError, match="full-precision weights.*quantized torch.uint8 weight.*activation estimator"):

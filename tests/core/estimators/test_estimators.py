@@ -10,7 +10,6 @@ import torch
 from torch import nn
 from torch.func import functional_call, hessian
 
-from conftest import tiny_bert, tiny_gpt2, tiny_llama, token_batches
 from senslora import estimate_sensitivity, find_target_layers
 from senslora.core.estimators import activation_diagonals, fisher_diagonals, hutchinson_diagonals
 
@@ -236,33 +235,9 @@ def test_fisher_batch_mode_equals_explicit_loop():
         torch.testing.assert_close(estimate[name], reference[name])
 
 
-def _captured_inputs_reference(model, batches):
-    """Independent activation reference: clone every Linear input, mask by hand, sum squares."""
-    captured: dict[str, list[torch.Tensor]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            handles.append(
-                module.register_forward_hook(lambda m, a, o, name=name: captured.setdefault(name, []).append(a[0]))
-            )
-    sums, counts = {}, {}
-    with torch.no_grad():
-        for b in batches:
-            captured.clear()
-            model(**b)
-            keep = b["attention_mask"].bool()
-            for name, (x,) in captured.items():
-                rows = x[keep] if x.dim() == 3 else x  # the pooler sees one row per example
-                sums[name] = sums.get(name, 0) + (rows.double() ** 2).sum(0)
-                counts[name] = counts.get(name, 0) + rows.shape[0]
-    for h in handles:
-        h.remove()
-    return {name: 2 * sums[name] / counts[name] for name in sums}
-
-
-def test_activation_on_tiny_bert_matches_captured_inputs():
+def test_activation_on_tiny_bert_matches_captured_inputs(tiny_bert, token_batches, captured_inputs_reference):
     model, batches = tiny_bert(), token_batches(count=3)
-    reference = _captured_inputs_reference(model, batches)
+    reference = captured_inputs_reference(model, batches)
     layers = find_target_layers(model)
     assert "classifier" not in {t.name for t in layers} and "bert.pooler.dense" in {t.name for t in layers}
     diagonals = activation_diagonals(model, layers, batches, progress=False)
@@ -275,7 +250,7 @@ def test_activation_on_tiny_bert_matches_captured_inputs():
 
 
 @pytest.mark.parametrize("estimator", ["activation", "fisher", "hutchinson"])
-def test_estimators_run_on_llama_and_gpt2(estimator):
+def test_estimators_run_on_llama_and_gpt2(estimator, tiny_llama, tiny_gpt2, token_batches):
     llama = tiny_llama()
     result = estimate_sensitivity(llama, token_batches(labels="lm"), estimator=estimator, num_probes=1, progress=False)
     assert "lm_head" not in result
@@ -312,7 +287,7 @@ def _assert_same_state(before, after):
 
 
 @pytest.mark.parametrize("estimator", ["activation", "fisher", "hutchinson"])
-def test_model_left_as_found_also_on_error(estimator):
+def test_model_left_as_found_also_on_error(estimator, tiny_bert, token_batches):
     model = tiny_bert()
     model.train()
     model.bert.embeddings.requires_grad_(False)
@@ -327,7 +302,7 @@ def test_model_left_as_found_also_on_error(estimator):
     _assert_same_state(before, _snapshot(model))
 
 
-def test_bad_input_is_rejected():
+def test_bad_input_is_rejected(tiny_bert, token_batches):
     model = tiny_bert()
     with pytest.raises(ValueError, match="empty"):
         estimate_sensitivity(model, [], progress=False)
@@ -346,7 +321,7 @@ def test_bad_input_is_rejected():
         estimate_sensitivity(model, token_batches(labels="class"), estimator="hutchinson", num_probes=0)
 
 
-def test_nan_activations_name_the_module():
+def test_nan_activations_name_the_module(tiny_bert, token_batches):
     model = tiny_bert()
     with torch.no_grad():
         model.bert.encoder.layer[1].intermediate.dense.weight[0, 0] = float("nan")
@@ -356,7 +331,7 @@ def test_nan_activations_name_the_module():
         estimate_sensitivity(model, token_batches(labels="class"), estimator="fisher", progress=False)
 
 
-def test_target_selection_forms():
+def test_target_selection_forms(tiny_bert):
     model = tiny_bert()
     by_suffix = [t.name for t in find_target_layers(model, ["query", "value"])]
     assert by_suffix == [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(2) for m in ("query", "value")]
@@ -370,7 +345,7 @@ def test_target_selection_forms():
     assert [t.name for t in full] == ["bert.pooler.dense"]
 
 
-def test_padding_never_counts():
+def test_padding_never_counts(tiny_bert, token_batches):
     model = tiny_bert()
     batches = token_batches(count=2)
     padded = []

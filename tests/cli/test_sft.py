@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 
 import senslora.finetune.pipeline as pipeline
 import senslora.finetune.preparation as preparation
-from conftest import tiny_decoder_tokenizer, tiny_llama
 from senslora.cli import main
 from senslora.finetune.config_file import load_config_file
 from senslora.finetune.data import PLAIN_INSTRUCTION_TEMPLATE
@@ -43,15 +42,22 @@ def write_jsonl(path, rows):
     return path
 
 
-def save_tiny_llama(directory, *, chat: bool):
-    tokenizer = tiny_decoder_tokenizer()
-    if not chat:
-        tokenizer.chat_template = None
-    model = tiny_llama()
-    model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+@pytest.fixture(scope="session")
+def save_tiny_llama(tiny_decoder_tokenizer, tiny_llama):
+    """Factory: save_tiny_llama(directory, chat=...) saves the tiny Llama and its tokenizer, with or without
+    a chat template, and returns the directory."""
+
+    def save(directory, *, chat: bool):
+        tokenizer = tiny_decoder_tokenizer()
+        if not chat:
+            tokenizer.chat_template = None
+        model = tiny_llama()
+        model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        return directory
+
+    return save
 
 
 def instruction_options(folder, model_dir) -> list:
@@ -64,7 +70,7 @@ def instruction_options(folder, model_dir) -> list:
 
 
 @pytest.fixture(scope="module", params=["chat", "plain"])
-def sft_run(request, tmp_path_factory):
+def sft_run(request, tmp_path_factory, save_tiny_llama):
     """One finished instruction run per prompt format: 3 epochs of one step, lr 1e-2, two TrainingArguments
     fields senslora has no option for passed through --config."""
     folder = tmp_path_factory.mktemp(f"sft-{request.param}")
@@ -225,7 +231,7 @@ def test_a_value_trainer_arguments_refuses_is_one_line(tmp_path):
         )
 
 
-def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkeypatch):
+def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkeypatch, save_tiny_llama):
     """A NaN from the second forward on: exit 3, the step and the first module with a non-finite output."""
     source = "model.layers.1.mlp.act_fn"
     calls = []
@@ -253,7 +259,7 @@ def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkey
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_interrupted_sft_run_resumes_exactly(tmp_path, capsys, monkeypatch):
+def test_interrupted_sft_run_resumes_exactly(tmp_path, capsys, monkeypatch, save_tiny_llama):
     """Ctrl-C mid-epoch (step 5, checkpoint at step 3), then --resume: the same adapter, metrics and log as
     an uninterrupted run."""
     import senslora.finetune.training as training
