@@ -31,7 +31,7 @@ from senslora.core.allocation_options import BUDGET_UNITS, METRIC_GROUPS, SCHEME
 from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR
 from senslora.core.peft_export import ALPHA_MODES
 from senslora.core.sensitivity import ESTIMATORS
-from senslora.finetune.methods import METHODS
+from senslora.finetune.methods import METHODS, get_method
 from senslora.finetune.options import MAX_INT, check_field_values, default_of, option
 from senslora.finetune.training import TrainingConfig
 
@@ -223,7 +223,7 @@ class AdapterOptions:
             raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
         if self.lora_alpha is not None and not (self.lora_alpha > 0 and math.isfinite(self.lora_alpha)):
             raise ValueError(f"lora_alpha must be a positive number, got {self.lora_alpha}")
-        if self.ranks is not None and self.method != "senslora":
+        if self.ranks is not None and not get_method(self.method).uses_allocation:
             raise ValueError(f"ranks applies to method senslora only, not to method {self.method!r}")
 
 
