@@ -170,3 +170,20 @@ def test_run_failing_after_a_checkpoint_keeps_it(tiny_bert_dir, sentiment_csv, t
     assert run_cli([*argv, "--method", "lora", "--save-steps", "1"], capsys)[0] == 1
     assert checkpoint_files.last_checkpoint(run_dir) is not None  # complete: the run can be resumed from it
     assert (run_dir / "config.json").is_file() and any((run_dir / "checkpoints").iterdir())
+
+
+@pytest.mark.parametrize(("method", "kept"), [("lora", False), ("senslora", True)])
+def test_interrupt_message_says_whether_a_run_can_resume(
+    method, kept, tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch
+):
+    """Ctrl-C before training: lora has written nothing (the directory goes, so no --resume hint);
+    senslora has written sensitivity.json and ranks.json (the directory stays, and --resume is named)."""
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(pipeline, "train", fail_with(KeyboardInterrupt()))
+    argv = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
+    code, _, err = run_cli([*argv, "--method", method], capsys)
+    assert code == 130 and run_dir.exists() is kept
+    if kept:
+        assert f"the unfinished run in {run_dir} continues with --resume" in err
+    else:
+        assert "no run directory was kept" in err and "--resume" not in err

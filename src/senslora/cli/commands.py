@@ -290,6 +290,20 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command left: a finetune run directory to --resume, or nothing (every other
+    output is written whole at the end, and a run stopped before its first result removes its directory)."""
+    if args.command != "finetune":
+        return "nothing was written"
+    try:
+        run_dir = resolve_config(args).run_dir()
+    except ValueError:
+        return "nothing was written"
+    if (run_dir / "config.json").is_file():
+        return f"the unfinished run in {run_dir} continues with --resume"
+    return "no run directory was kept; run the command again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `senslora` console script."""
     parser = build_parser()
@@ -301,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        print_error("senslora: interrupted; an unfinished run continues with --resume")
+        print_error(f"senslora: interrupted; {interrupted_hint(args)}")
         return 130
     except ValueError as error:
         if debug:
