@@ -122,3 +122,8 @@ def test_refusals():
         allocate_spectrum_ranks(three_modules(), avg_rank=0)
     with pytest.raises(ValueError, match="unknown budget unit"):
         allocate_spectrum_ranks(three_modules(), avg_rank=2, budget_unit="bytes")
+
+
+def test_factor_zero_means_no_cap_as_in_allocate_ranks():
+    uncapped = allocate_spectrum_ranks(three_modules(), avg_rank=2, min_rank=0, max_rank_factor=None)
+    assert allocate_spectrum_ranks(three_modules(), avg_rank=2, min_rank=0, max_rank_factor=0).ranks == uncapped.ranks

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
 from senslora.core.allocation_options import BUDGET_UNITS
 from senslora.core.allocation_result import Allocation
+from senslora.core.budget import effective_max_rank
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
@@ -44,8 +45,6 @@ def _check_options(avg_rank: float, budget_unit: str, min_rank: int, max_rank_fa
         raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
     if not isinstance(min_rank, int) or min_rank < 0:
         raise ValueError(f"min_rank must be an integer >= 0, got {min_rank}")
-    if max_rank_factor is not None and not max_rank_factor > 0:
-        raise ValueError(f"max_rank_factor must be positive, got {max_rank_factor}")
 
 
 def _spectra(sensitivities: Mapping[str, ModuleSensitivity]) -> dict[str, tuple[float, ...]]:
@@ -82,7 +81,8 @@ def allocate_spectrum_ranks(
         min_rank: rank every module starts with (0 allowed: no adapter unless it earns one), capped at
             the module's full rank min(d_in, d_out).
         max_rank: largest rank, or None.
-        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank), or None.
+        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank); None or 0: no cap (the
+            command line passes the run's factor, 2 by default).
         dominance_share: warn (DominanceWarning) as `allocate_ranks` does; None disables the check.
 
     Returns:
@@ -91,16 +91,16 @@ def allocate_spectrum_ranks(
 
     Raises:
         ValueError: unknown option, non-positive budget, a module without a spectrum, inconsistent
-            bounds, or a budget too small for min_rank (or too large for max_rank) on every module.
+            bounds, or a budget too small for min_rank (or too large for max_rank) on every module. A
+            budget above the modules' full ranks is spent as far as they hold (the command line refuses
+            it first, with `check_budget_fits`).
     """
-    # Refuse bad options; the factor cap joins max_rank as in `effective_max_rank` (here only None means no
-    # cap); every module must carry a finite, non-negative spectrum, kept sorted largest first.
+    # Refuse bad options; the factor cap joins max_rank (`effective_max_rank`: 0 or None means no cap, as in
+    # allocate_ranks); every module must carry a finite, non-negative spectrum, kept sorted largest first.
     _check_options(avg_rank, budget_unit, min_rank, max_rank_factor)
     if not sensitivities:
         raise ValueError("no module sensitivities to allocate ranks from")
-    if max_rank_factor is not None:
-        factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
-        max_rank = factor_cap if max_rank is None else min(max_rank, factor_cap)
+    max_rank = effective_max_rank(max_rank, max_rank_factor, avg_rank)
     if max_rank is not None and (not isinstance(max_rank, int) or max_rank < max(1, min_rank)):
         raise ValueError(f"max_rank must be an integer >= max(1, min_rank={min_rank}), got {max_rank}")
     spectra = _spectra(sensitivities)
