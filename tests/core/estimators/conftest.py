@@ -35,3 +35,27 @@ def _captured_inputs_reference(model, batches):
 def captured_inputs_reference():
     """Factory: captured_inputs_reference(model, batches) -> {Linear name: 2 * mean of its squared inputs}."""
     return _captured_inputs_reference
+
+
+@pytest.fixture
+def toy_batches():
+    """`toy_batches(count, batch, tokens, seed)`: float64 batches for the toy networks of the estimator
+    tests (inputs of width 5, regression targets of width 3, two rows partly padded)."""
+
+    def build(count: int = 3, batch: int = 4, tokens: int = 5, seed: int = 0) -> list[dict]:
+        generator = torch.Generator().manual_seed(seed)
+        result = []
+        for _ in range(count):
+            mask = torch.ones(batch, tokens, dtype=torch.long)
+            mask[1, 3:] = 0
+            mask[2, 1:] = 0
+            result.append(
+                {
+                    "inputs": torch.randn(batch, tokens, 5, generator=generator, dtype=torch.float64),
+                    "attention_mask": mask,
+                    "targets": torch.randn(batch, tokens, 3, generator=generator, dtype=torch.float64),
+                }
+            )
+        return result
+
+    return build

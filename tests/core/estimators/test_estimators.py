@@ -43,24 +43,7 @@ class ToyNet(nn.Module):
         return SimpleNamespace(loss=loss, hidden=hidden)
 
 
-def toy_batches(count=3, batch=4, tokens=5, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    result = []
-    for _ in range(count):
-        mask = torch.ones(batch, tokens, dtype=torch.long)
-        mask[1, 3:] = 0
-        mask[2, 1:] = 0
-        result.append(
-            {
-                "inputs": torch.randn(batch, tokens, 5, generator=generator, dtype=torch.float64),
-                "attention_mask": mask,
-                "targets": torch.randn(batch, tokens, 3, generator=generator, dtype=torch.float64),
-            }
-        )
-    return result
-
-
-def test_activation_equals_hand_computation():
+def test_activation_equals_hand_computation(toy_batches):
     model, batches = ToyNet(), toy_batches()
     layers = find_target_layers(model)
     diagonals = activation_diagonals(model, layers, batches, progress=False)
@@ -111,7 +94,7 @@ def _exact_hessians(model: ToyNet, batches) -> list[torch.Tensor]:
     return [_exact_hessian(model, ["first.weight", "second.weight"], b) for b in batches]
 
 
-def test_hutchinson_converges_to_exact_hessian_diagonal(one_thread):
+def test_hutchinson_converges_to_exact_hessian_diagonal(one_thread, toy_batches):
     """Within 5 standard errors of diag(H), the standard error following from the exact off-diagonals."""
     model, batches = ToyNet(), toy_batches(count=2)
     layers = find_target_layers(model)
@@ -218,7 +201,7 @@ def _explicit_squared_gradients(model: ToyNet, pieces):
     return {"first": (sums[0] / len(pieces)).reshape(-1), "second": (sums[1] / len(pieces)).reshape(-1)}
 
 
-def test_fisher_per_example_equals_explicit_loop():
+def test_fisher_per_example_equals_explicit_loop(toy_batches):
     model, batches = ToyNet(), toy_batches()
     singles = [{k: v[i : i + 1] for k, v in b.items()} for b in batches for i in range(4)]
     reference = _explicit_squared_gradients(model, singles)
@@ -227,7 +210,7 @@ def test_fisher_per_example_equals_explicit_loop():
         torch.testing.assert_close(estimate[name], reference[name])
 
 
-def test_fisher_batch_mode_equals_explicit_loop():
+def test_fisher_batch_mode_equals_explicit_loop(toy_batches):
     model, batches = ToyNet(), toy_batches()
     reference = _explicit_squared_gradients(model, batches)
     estimate = fisher_diagonals(model, find_target_layers(model), batches, per_example=False, progress=False)

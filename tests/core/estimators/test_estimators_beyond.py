@@ -50,23 +50,6 @@ class ToyNet(nn.Module):
         return SimpleNamespace(loss=loss, logits=out)
 
 
-def toy_batches(count: int = 3, batch: int = 4, tokens: int = 5, seed: int = 0):
-    generator = torch.Generator().manual_seed(seed)
-    result = []
-    for _ in range(count):
-        mask = torch.ones(batch, tokens, dtype=torch.long)
-        mask[1, 3:] = 0
-        mask[2, 1:] = 0
-        result.append(
-            {
-                "inputs": torch.randn(batch, tokens, 5, generator=generator, dtype=torch.float64),
-                "attention_mask": mask,
-                "targets": torch.randn(batch, tokens, 3, generator=generator, dtype=torch.float64),
-            }
-        )
-    return result
-
-
 def weights_out_in(model: ToyNet) -> list[torch.Tensor]:
     return [model.first.weight.detach(), model.middle.weight.detach().T, model.last.weight.detach()]
 
@@ -74,7 +57,7 @@ def weights_out_in(model: ToyNet) -> list[torch.Tensor]:
 # obd
 
 
-def test_obd_equals_weight_squared_times_hand_input_hessian():
+def test_obd_equals_weight_squared_times_hand_input_hessian(toy_batches):
     model, batches = ToyNet(), toy_batches()
     diagonals = obd_diagonals(model, find_target_layers(model), batches, progress=False)
     sums, count = [torch.zeros(5), torch.zeros(4), torch.zeros(6)], 0
@@ -122,7 +105,7 @@ def test_obd_needs_no_labels_and_refuses_quantized_weights(tiny_bert, token_batc
 # kfac
 
 
-def test_kfac_equals_per_token_outer_product_from_retained_output_gradients():
+def test_kfac_equals_per_token_outer_product_from_retained_output_gradients(toy_batches):
     model, batches = ToyNet(), toy_batches()
     diagonals = kfac_diagonals(model, find_target_layers(model), batches, progress=False)
     x_sums, g_sums, count = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], 0
@@ -167,7 +150,7 @@ def test_kfac_on_conv1d_decoder_and_missing_labels(tiny_gpt2, token_batches):
 # gradient_spectrum
 
 
-def test_gradient_spectrum_equals_svd_of_manual_mean_gradient():
+def test_gradient_spectrum_equals_svd_of_manual_mean_gradient(toy_batches):
     model, batches = ToyNet(), toy_batches()
     spectra = gradient_spectra(model, find_target_layers(model), batches, progress=False)
     for name, module in (("first", model.first), ("middle", model.middle), ("last", model.last)):
