@@ -79,7 +79,8 @@ def test_rank_unit_greedy_reaches_the_brute_force_optimum(seed):
     rng = random.Random(seed)
     modules = random_modules(rng, 3)
     min_rank = rng.choice([0, 1])
-    avg_rank = rng.choice([1, 2])
+    full_ranks = sum(min(m.d_in, m.d_out) for m in modules.values())  # budgets above it are refused
+    avg_rank = rng.choice([a for a in (1, 2) if a * len(modules) <= full_ranks])
     allocation = allocate_spectrum_ranks(modules, avg_rank=avg_rank, budget_unit="rank", min_rank=min_rank)
     captured = sum(sum(v * v for v in modules[n].spectrum[: allocation.ranks[n]]) for n in modules)
     assert captured == pytest.approx(brute_force_best(modules, allocation.budget, min_rank))
@@ -91,8 +92,12 @@ def test_budget_caps_and_monotonicity_on_random_inputs(seed):
     modules = random_modules(rng, rng.randint(1, 6))
     unit = rng.choice(["params", "rank"])
     factor = rng.choice([None, 2.0])
-    allocation = allocate_spectrum_ranks(modules, avg_rank=2, budget_unit=unit, min_rank=0, max_rank_factor=factor)
     cost = {n: 1 if unit == "rank" else m.d_in + m.d_out for n, m in modules.items()}
+    if 2 * sum(cost.values()) > sum(cost[n] * min(m.d_in, m.d_out) for n, m in modules.items()):
+        with pytest.raises(ValueError, match="exceeds the .* full ranks"):  # more than the full ranks hold
+            allocate_spectrum_ranks(modules, avg_rank=2, budget_unit=unit, min_rank=0, max_rank_factor=factor)
+        return
+    allocation = allocate_spectrum_ranks(modules, avg_rank=2, budget_unit=unit, min_rank=0, max_rank_factor=factor)
     spent = sum(cost[n] * r for n, r in allocation.ranks.items())
     assert spent == allocation.budget_used <= allocation.budget
     left = allocation.budget - spent
@@ -101,8 +106,11 @@ def test_budget_caps_and_monotonicity_on_random_inputs(seed):
         assert 0 <= rank <= cap
         assert rank == cap or cost[name] > left, "a rank that still fits was left unspent"
     if unit == "rank":  # a larger budget never takes a rank away (the greedy order only gets longer)
-        larger = allocate_spectrum_ranks(modules, avg_rank=3, budget_unit=unit, min_rank=0, max_rank_factor=factor)
-        assert all(larger.ranks[n] >= r for n, r in allocation.ranks.items())
+        if 3 * len(modules) <= sum(min(m.d_in, m.d_out) for m in modules.values()):
+            larger = allocate_spectrum_ranks(
+                modules, avg_rank=3, budget_unit=unit, min_rank=0, max_rank_factor=factor
+            )
+            assert all(larger.ranks[n] >= r for n, r in allocation.ranks.items())
         # Raising one module's spectrum never lowers its rank.
         name = rng.choice(sorted(modules))
         boosted = dict(modules)
@@ -122,6 +130,11 @@ def test_refusals():
         allocate_spectrum_ranks(three_modules(), avg_rank=0)
     with pytest.raises(ValueError, match="unknown budget unit"):
         allocate_spectrum_ranks(three_modules(), avg_rank=2, budget_unit="bytes")
+    # Full ranks hold 8*4 + 8*2 + 16*8 = 176 parameters; avg_rank 6 asks for 6 * 32 = 192 (allocate_ranks
+    # refuses the same budget); avg_rank 5 (160) still fits.
+    with pytest.raises(ValueError, match="exceeds the 176 params of the 3 modules' full ranks"):
+        allocate_spectrum_ranks(three_modules(), avg_rank=6, min_rank=0)
+    assert allocate_spectrum_ranks(three_modules(), avg_rank=5, min_rank=0).budget_used == 160
 
 
 def test_factor_zero_means_no_cap_as_in_allocate_ranks():

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
 from senslora.core.allocation_options import BUDGET_UNITS
 from senslora.core.allocation_result import Allocation
-from senslora.core.budget import effective_max_rank
+from senslora.core.budget import check_budget_fits, effective_max_rank
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
@@ -91,9 +91,8 @@ def allocate_spectrum_ranks(
 
     Raises:
         ValueError: unknown option, non-positive budget, a module without a spectrum, inconsistent
-            bounds, or a budget too small for min_rank (or too large for max_rank) on every module. A
-            budget above the modules' full ranks is spent as far as they hold (the command line refuses
-            it first, with `check_budget_fits`).
+            bounds, a budget too small for min_rank on every module, or one larger than the modules' full
+            ranks min(d_in, d_out) (or max_rank) can hold (`check_budget_fits`, as in `allocate_ranks`).
     """
     # Refuse bad options; the factor cap joins max_rank (`effective_max_rank`: 0 or None means no cap, as in
     # allocate_ranks); every module must carry a finite, non-negative spectrum, kept sorted largest first.
@@ -105,9 +104,11 @@ def allocate_spectrum_ranks(
         raise ValueError(f"max_rank must be an integer >= max(1, min_rank={min_rank}), got {max_rank}")
     spectra = _spectra(sensitivities)
 
-    # Budget and per-module cost and cap, as allocate_ranks counts them.
+    # Budget and per-module cost and cap, as allocate_ranks counts them; a budget above what the modules'
+    # full ranks (or max_rank) hold is refused, as allocate_ranks refuses it.
     names = sorted(sensitivities)
     shapes = {n: (sensitivities[n].d_in, sensitivities[n].d_out) for n in names}
+    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
     cost = {n: 1 if budget_unit == "rank" else sum(shapes[n]) for n in names}
     budget = round(avg_rank * sum(cost.values()))
     cap = {n: min(shapes[n]) if max_rank is None else min(max_rank, *shapes[n]) for n in names}
@@ -117,11 +118,6 @@ def allocate_spectrum_ranks(
         raise ValueError(
             f"budget of {budget} {budget_unit} is too small to give min_rank={min_rank} to all "
             f"{len(names)} modules (needs {budget - left}); raise avg_rank or lower min_rank"
-        )
-    if max_rank is not None and max_rank * sum(cost.values()) < budget:
-        raise ValueError(
-            f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "
-            f"{len(names)} modules; raise max_rank or lower avg_rank"
         )
 
     def gain(name: str) -> float:
