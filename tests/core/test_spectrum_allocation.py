@@ -107,9 +107,7 @@ def test_budget_caps_and_monotonicity_on_random_inputs(seed):
         assert rank == cap or cost[name] > left, "a rank that still fits was left unspent"
     if unit == "rank":  # a larger budget never takes a rank away (the greedy order only gets longer)
         if 3 * len(modules) <= sum(min(m.d_in, m.d_out) for m in modules.values()):
-            larger = allocate_spectrum_ranks(
-                modules, avg_rank=3, budget_unit=unit, min_rank=0, max_rank_factor=factor
-            )
+            larger = allocate_spectrum_ranks(modules, avg_rank=3, budget_unit=unit, min_rank=0, max_rank_factor=factor)
             assert all(larger.ranks[n] >= r for n, r in allocation.ranks.items())
         # Raising one module's spectrum never lowers its rank.
         name = rng.choice(sorted(modules))
