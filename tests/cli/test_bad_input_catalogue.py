@@ -45,16 +45,6 @@ def tiny_bert_shape(name: str, hidden: int = 32, intermediate: int = 64) -> tupl
     return hidden, hidden
 
 
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def stderr_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
-
-
 # ---------------------------------------------------------------------------------------------------------
 # Input files for the catalogue, built on demand
 # ---------------------------------------------------------------------------------------------------------
@@ -599,6 +589,8 @@ def test_bad_input_is_one_line_and_exit_2(
     tiny_decoder_tokenizer,
     tmp_path,
     capsys,
+    run_cli,
+    stderr_lines,
     monkeypatch,
 ):
     inputs = Inputs(tmp_path, tiny_bert_dir, sentiment_csv, tiny_llama, tiny_decoder_tokenizer)
@@ -623,7 +615,7 @@ def test_bad_input_is_one_line_and_exit_2(
             main(argv)
         code, err = stop.value.code, capsys.readouterr().err
     else:
-        code, _, err = run_cli(argv, capsys)
+        code, _, err = run_cli(argv)
     assert code == 2, err
     lines = stderr_lines(err)
     assert len(lines) == 1, err

@@ -11,31 +11,23 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from senslora import Allocation
-from senslora.cli import main
 from senslora.core.metrics import sensitivities_from_json
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
 
 
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_sensitivity_allocate_finetune_evaluate(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_sensitivity_allocate_finetune_evaluate(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     sensitivity_path, ranks_path = tmp_path / "sensitivity.json", tmp_path / "ranks.json"
     code, out, err = run_cli(
         ["sensitivity", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output", sensitivity_path]
-        + ["--no-progress", "--calibration-examples", "32", "--max-length", "32"],
-        capsys,
+        + ["--no-progress", "--calibration-examples", "32", "--max-length", "32"]
     )
     assert code == 0, err
     sensitivities, metadata = sensitivities_from_json(sensitivity_path.read_text())
     assert len(sensitivities) == 2 * 6 + 1 and metadata["estimator"] == "activation"
     assert metadata["calibration"]["examples"] == 32
 
-    code, out, err = run_cli(["allocate", sensitivity_path, "--avg-rank", "3", "--output", ranks_path], capsys)
+    code, out, err = run_cli(["allocate", sensitivity_path, "--avg-rank", "3", "--output", ranks_path])
     assert code == 0, err
     allocation = Allocation.from_json(ranks_path.read_text())
     # default budget: uniform LoRA's parameters at rank 3 on the 13 targets, 3 * (2 * 448 + 64) = 2,880
@@ -45,8 +37,7 @@ def test_sensitivity_allocate_finetune_evaluate(tiny_bert_dir, sentiment_csv, tm
     run_dir = tmp_path / "run"
     code, out, err = run_cli(
         ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--ranks", ranks_path]
-        + ["--output-dir", run_dir, "--avg-rank", "3", *FAST],
-        capsys,
+        + ["--output-dir", run_dir, "--avg-rank", "3", *FAST]
     )
     assert code == 0, err
     assert "validation accuracy" in out
@@ -61,17 +52,16 @@ def test_sensitivity_allocate_finetune_evaluate(tiny_bert_dir, sentiment_csv, tm
     # The adapter reloads with stock PEFT and reproduces the reported metric.
     code, out, err = run_cli(
         ["evaluate", "--model", tiny_bert_dir, "--data", sentiment_csv, "--adapter", run_dir / "adapter"]
-        + ["--no-progress", "--max-length", "32"],
-        capsys,
+        + ["--no-progress", "--max-length", "32"]
     )
     assert code == 0, err
     assert json.loads(out)["accuracy"] == pytest.approx(metrics["validation"]["accuracy"])
 
 
-def test_adapter_loads_with_stock_peft_only(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_adapter_loads_with_stock_peft_only(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     code, out, err = run_cli(
-        ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST], capsys
+        ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
     )
     assert code == 0, err
     # both counts: this run's adapter (PEFT's own count) and uniform LoRA's at rank 4 on the same 13 targets,
@@ -97,12 +87,11 @@ def test_adapter_loads_with_stock_peft_only(tiny_bert_dir, sentiment_csv, tmp_pa
 
 
 @pytest.mark.parametrize("method", ["lora", "adalora", "eva"])
-def test_baseline_methods(method, tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_baseline_methods(method, tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     run_dir = tmp_path / method
     code, out, err = run_cli(
         ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--method", method]
         + ["--output-dir", run_dir, *FAST, "--batch-size", "8"],  # AdaLoRA needs >= 10 steps
-        capsys,
     )
     assert code == 0, err
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -116,34 +105,31 @@ def test_baseline_methods(method, tiny_bert_dir, sentiment_csv, tmp_path, capsys
     assert f"uniform LoRA at rank 4 on the same 13 targets: {4 * 960:,} adapter parameters" in out
 
 
-def test_causal_lm_on_a_text_file(tiny_llama_dir, tmp_path, capsys):
+def test_causal_lm_on_a_text_file(tiny_llama_dir, tmp_path, run_cli):
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(["the movie was good and the plot was fun but the actors were bad"] * 40))
     run_dir = tmp_path / "lm"
-    code, out, err = run_cli(
-        ["finetune", "--model", tiny_llama_dir, "--data", text, "--output-dir", run_dir, *FAST], capsys
-    )
+    code, out, err = run_cli(["finetune", "--model", tiny_llama_dir, "--data", text, "--output-dir", run_dir, *FAST])
     assert code == 0, err
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["task"] == "causal_lm" and metrics["validation"]["perplexity"] > 1
 
 
-def test_instruction_tuning_with_generation_metrics(tiny_llama_dir, tmp_path, capsys):
+def test_instruction_tuning_with_generation_metrics(tiny_llama_dir, tmp_path, run_cli):
     data = tmp_path / "chat.jsonl"
     rows = [{"prompt": "was the movie good", "response": "the movie was very good"}] * 30
     data.write_text("\n".join(json.dumps(r) for r in rows))
     run_dir = tmp_path / "chat"
     code, out, err = run_cli(
         ["finetune", "--model", tiny_llama_dir, "--data", data, "--output-dir", run_dir]
-        + ["--max-generation-examples", "4", "--max-new-tokens", "6", *FAST],
-        capsys,
+        + ["--max-generation-examples", "4", "--max-new-tokens", "6", *FAST]
     )
     assert code == 0, err
     validation = json.loads((run_dir / "metrics.json").read_text())["validation"]
     assert {"perplexity", "bleu4", "rouge1", "rougeL"} <= set(validation)
 
 
-def test_regression_task(tiny_bert_dir, tmp_path, capsys):
+def test_regression_task(tiny_bert_dir, tmp_path, run_cli):
     data = tmp_path / "pairs.tsv"
     lines = ["sentence1\tsentence2\tscore"]
     for i in range(60):
@@ -153,29 +139,28 @@ def test_regression_task(tiny_bert_dir, tmp_path, capsys):
     code, out, err = run_cli(
         ["finetune", "--model", tiny_bert_dir, "--data", data, "--task", "regression"]
         + ["--text-column", "sentence1", "--text-pair-column", "sentence2", "--label-column", "score"]
-        + ["--output-dir", run_dir, *FAST],
-        capsys,
+        + ["--output-dir", run_dir, *FAST]
     )
     assert code == 0, err
     assert {"pearson", "spearman"} <= set(json.loads((run_dir / "metrics.json").read_text())["validation"])
 
 
-def test_finished_run_is_not_overwritten(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_finished_run_is_not_overwritten(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     run_dir = tmp_path / "run"
     args = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
-    assert run_cli(args, capsys)[0] == 0
+    assert run_cli(args)[0] == 0
     before = (run_dir / "metrics.json").read_bytes()
-    code, out, err = run_cli(args, capsys)
+    code, out, err = run_cli(args)
     assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
     assert (run_dir / "metrics.json").read_bytes() == before
-    assert run_cli([*args, "--overwrite"], capsys)[0] == 0
+    assert run_cli([*args, "--overwrite"])[0] == 0
 
 
-def test_config_file_and_flags(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_config_file_and_flags(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     config = tmp_path / "run.yaml"
     config.write_text(f"model: {tiny_bert_dir}\ndata: {sentiment_csv}\navg_rank: 2\nestimator: fisher\nepochs: 1\n")
     run_dir = tmp_path / "run"
-    code, _, err = run_cli(["finetune", "--config", config, "--avg-rank", "3", "--output-dir", run_dir, *FAST], capsys)
+    code, _, err = run_cli(["finetune", "--config", config, "--avg-rank", "3", "--output-dir", run_dir, *FAST])
     assert code == 0, err
     resolved = json.loads((run_dir / "config.json").read_text())
     assert resolved["avg_rank"] == 3 and resolved["estimator"] == "fisher"  # flag beats file
@@ -208,7 +193,7 @@ def test_shipped_configs_parse():
         (["evaluate", "--adapter", "/nonexistent"], "adapter"),
     ],
 )
-def test_bad_input_one_line_exit_2(args, message, tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_bad_input_one_line_exit_2(args, message, tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text("colour: blue\n")
     replaced = [str(sentiment_csv) if a == "SENTIMENT" else str(bad_config) if a == "CONFIG" else a for a in args]
@@ -216,7 +201,7 @@ def test_bad_input_one_line_exit_2(args, message, tiny_bert_dir, sentiment_csv, 
         replaced += ["--model", str(tiny_bert_dir)]
     replaced += ["--output-dir", str(tmp_path / "out")] if replaced[0] == "finetune" else []
     with pytest.raises(SystemExit) if message == "invalid choice" else _nullcontext():
-        code, out, err = run_cli([*replaced, "--no-progress"] if replaced[0] != "allocate" else replaced, capsys)
+        code, out, err = run_cli([*replaced, "--no-progress"] if replaced[0] != "allocate" else replaced)
         assert code == 2
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "metrics.json").exists()
@@ -230,14 +215,14 @@ class _nullcontext:
         return False
 
 
-def test_label_free_calibration_source_for_activation(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_label_free_calibration_source_for_activation(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     texts = tmp_path / "other.txt"
     texts.write_text("\n".join(f"an unrelated sentence number {i} about the weather" for i in range(40)))
     output = tmp_path / "sensitivity.json"
     base = ["sensitivity", "--model", tiny_bert_dir, "--data", sentiment_csv, "--calibration-data", texts]
-    code, _, err = run_cli([*base, "--output", output, "--no-progress", "--calibration-examples", "16"], capsys)
+    code, _, err = run_cli([*base, "--output", output, "--no-progress", "--calibration-examples", "16"])
     assert code == 0, err
     _, metadata = sensitivities_from_json(output.read_text())
     assert metadata["calibration"]["examples"] == 16 and str(texts) in metadata["calibration"]["source"]
-    code, _, err = run_cli([*base, "--output", tmp_path / "f.json", "--estimator", "fisher", "--no-progress"], capsys)
+    code, _, err = run_cli([*base, "--output", tmp_path / "f.json", "--estimator", "fisher", "--no-progress"])
     assert code == 2 and "no labels" in err

@@ -22,8 +22,9 @@ from transformers import (
 )
 
 from senslora.cli import build_parser
-from senslora.finetune.config import RunConfig, has_flag
+from senslora.finetune.config import RunConfig
 from senslora.finetune.models import check_max_length
+from senslora.finetune.options import flag_names
 
 DEFAULT_SHOWN = re.compile(r"\(default: (?P<value>[^()]*)\)$")
 
@@ -58,8 +59,9 @@ def test_defaults_shown_are_runconfig_defaults():
     helps = option_helps(subcommand_parsers()["finetune"])
     defaults = RunConfig()
     checked = 0
+    with_flags = flag_names(RunConfig)
     for item in fields(RunConfig):
-        if not has_flag(item.name):  # trainer_arguments: config file only
+        if item.name not in with_flags:  # trainer_arguments: config file only
             assert item.name not in helps
             continue
         action, text = helps[item.name]

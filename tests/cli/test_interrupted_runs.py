@@ -15,20 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from senslora.cli import main
 from senslora.finetune.checkpoint_files import last_checkpoint
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def stderr_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
 
 
 SLOW_TRAINING = """
@@ -57,7 +46,7 @@ def log_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
@@ -104,11 +93,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
     # A torn last log line (a kill mid-write) must be dropped on resume.
     with (killed / "log.jsonl").open("a") as stream:
         stream.write('{"step": 99, "lo')
-    code, _, err = run_cli(["finetune", *options, "--output-dir", killed, "--resume"], capsys)
+    code, _, err = run_cli(["finetune", *options, "--output-dir", killed, "--resume"])
     assert code == 0, err
 
     straight = tmp_path / "straight"
-    code, _, err = run_cli(["finetune", *options, "--output-dir", straight], capsys)
+    code, _, err = run_cli(["finetune", *options, "--output-dir", straight])
     assert code == 0, err
 
     resumed_weights = load_file(killed / "adapter" / "adapter_model.safetensors")
@@ -130,7 +119,9 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
 
 
 @pytest.mark.parametrize(("method", "stop_at"), [("adalora", 8), ("lora", 5)])
-def test_interrupted_run_resumes_exactly(method, stop_at, tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
+def test_interrupted_run_resumes_exactly(
+    method, stop_at, tiny_bert_dir, sentiment_csv, tmp_path, run_cli, stderr_lines, monkeypatch
+):
     """Ctrl-C (exit 130) mid-epoch, then --resume: the same adapter as without the interruption. For AdaLoRA
     the checkpoint must carry its importance scores (the interruption falls inside its allocation phase);
     for LoRA with gradient accumulation the checkpoint falls between accumulation groups."""
@@ -150,12 +141,12 @@ def test_interrupted_run_resumes_exactly(method, stop_at, tiny_bert_dir, sentime
     run_dir = tmp_path / "run"
     with monkeypatch.context() as patch:
         patch.setattr(training, "_check_gradients", interrupt)
-        code, _, err = run_cli(["finetune", *options, "--output-dir", run_dir], capsys)
+        code, _, err = run_cli(["finetune", *options, "--output-dir", run_dir])
     assert code == 130 and "--resume" in err and len(stderr_lines(err)) == 1
     assert read_state(run_dir)["global_step"] == 3 * ((stop_at - 1) // 3)
-    assert run_cli(["finetune", *options, "--output-dir", run_dir, "--resume"], capsys)[0] == 0
+    assert run_cli(["finetune", *options, "--output-dir", run_dir, "--resume"])[0] == 0
     straight = tmp_path / "straight"
-    assert run_cli(["finetune", *options, "--output-dir", straight], capsys)[0] == 0
+    assert run_cli(["finetune", *options, "--output-dir", straight])[0] == 0
     resumed_weights = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     straight_weights = load_file(straight / "adapter" / "adapter_model.safetensors")
     assert resumed_weights.keys() == straight_weights.keys()

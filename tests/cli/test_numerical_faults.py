@@ -10,20 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 import senslora.finetune.pipeline as pipeline
-from senslora.cli import main
 from senslora.finetune.checkpoint_files import last_checkpoint
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
-
-
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def stderr_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
 
 
 def check_kept_checkpoint(run_dir: Path, step: int) -> None:
@@ -38,10 +27,10 @@ def check_kept_checkpoint(run_dir: Path, step: int) -> None:
     assert not (run_dir / "metrics.json").exists()
 
 
-def test_huge_learning_rate_stops_with_exit_3(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_huge_learning_rate_stops_with_exit_3(tiny_bert_dir, sentiment_csv, tmp_path, run_cli, stderr_lines):
     run_dir = tmp_path / "run"
     args = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
-    code, _, err = run_cli([*args, "--learning-rate", "1e30", "--save-steps", "1"], capsys)
+    code, _, err = run_cli([*args, "--learning-rate", "1e30", "--save-steps", "1"])
     assert code == 3, err
     lines = stderr_lines(err)
     assert len(lines) == 1 and "Traceback" not in err
@@ -65,7 +54,7 @@ def inject_into_peft_model(monkeypatch, inject):
 
 
 def test_nan_gradient_names_step_and_parameter_and_run_resumes(
-    tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch
+    tiny_bert_dir, sentiment_csv, tmp_path, run_cli, stderr_lines, monkeypatch
 ):
     target = "base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.default.weight"
     backward_calls = []
@@ -84,7 +73,7 @@ def test_nan_gradient_names_step_and_parameter_and_run_resumes(
     args += ["--save-steps", "1"]
     with monkeypatch.context() as patch:
         inject_into_peft_model(patch, inject)
-        code, _, err = run_cli(args, capsys)
+        code, _, err = run_cli(args)
     assert code == 3, err
     line = stderr_lines(err)
     assert len(line) == 1
@@ -92,13 +81,13 @@ def test_nan_gradient_names_step_and_parameter_and_run_resumes(
     assert "the last good checkpoint (step 2) is kept" in line[0]
     check_kept_checkpoint(run_dir, 2)
     # The kept checkpoint is good: the run continues from it to the end.
-    code, _, err = run_cli([*args, "--resume"], capsys)
+    code, _, err = run_cli([*args, "--resume"])
     assert code == 0, err
     assert json.loads((run_dir / "metrics.json").read_text())["global_step"] == 9
 
 
 def test_nan_loss_names_the_first_module_with_non_finite_output(
-    tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch
+    tiny_bert_dir, sentiment_csv, tmp_path, run_cli, stderr_lines, monkeypatch
 ):
     source = "bert.encoder.layer.1.intermediate.intermediate_act_fn"
     calls = []
@@ -114,7 +103,7 @@ def test_nan_loss_names_the_first_module_with_non_finite_output(
     with monkeypatch.context() as patch:
         inject_into_peft_model(patch, inject)
         code, _, err = run_cli(
-            ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST], capsys
+            ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", run_dir, *FAST]
         )
     assert code == 3, err
     line = stderr_lines(err)

@@ -4,29 +4,18 @@ objects, and a model's own code runs only with --trust-remote-code."""
 from __future__ import annotations
 
 import senslora.finetune.preparation as preparation
-from senslora.cli import main
 
 
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def stderr_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.strip()]
-
-
-def test_config_file_cannot_run_code(tiny_bert_dir, sentiment_csv, tmp_path, capsys):
+def test_config_file_cannot_run_code(tiny_bert_dir, sentiment_csv, tmp_path, run_cli, stderr_lines):
     marker = tmp_path / "code-ran"
     config = tmp_path / "evil.yaml"
     config.write_text(f"model: !!python/object/apply:os.system ['touch {marker}']\n")
-    code, _, err = run_cli(["finetune", "--config", config, "--output-dir", tmp_path / "out"], capsys)
+    code, _, err = run_cli(["finetune", "--config", config, "--output-dir", tmp_path / "out"])
     assert code == 2 and "is not valid YAML" in err and len(stderr_lines(err)) == 1
     assert not marker.exists()
 
 
-def test_trust_remote_code_only_with_the_flag(tiny_bert_dir, sentiment_csv, tmp_path, capsys, monkeypatch):
+def test_trust_remote_code_only_with_the_flag(tiny_bert_dir, sentiment_csv, tmp_path, run_cli, monkeypatch):
     import inspect
 
     from senslora.finetune.config import RunConfig
@@ -42,6 +31,6 @@ def test_trust_remote_code_only_with_the_flag(tiny_bert_dir, sentiment_csv, tmp_
 
     monkeypatch.setattr(preparation, "load_model_and_tokenizer", record)
     args = ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress"]
-    assert run_cli([*args, "--output-dir", tmp_path / "a"], capsys)[0] == 2
-    assert run_cli([*args, "--output-dir", tmp_path / "b", "--trust-remote-code"], capsys)[0] == 2
+    assert run_cli([*args, "--output-dir", tmp_path / "a"])[0] == 2
+    assert run_cli([*args, "--output-dir", tmp_path / "b", "--trust-remote-code"])[0] == 2
     assert seen == [False, True]

@@ -31,12 +31,6 @@ VALIDATION = [
 ]
 
 
-def run_cli(args, capsys) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def write_jsonl(path, rows):
     path.write_text("\n".join(json.dumps(row) for row in rows))
     return path
@@ -210,7 +204,7 @@ def test_trainer_arguments_are_passed_as_they_are(tmp_path):
         ({"trainer_arguments": [1]}, "'trainer_arguments' must be a mapping"),
     ],
 )
-def test_refused_trainer_arguments_end_before_loading(document, message, tmp_path, capsys, monkeypatch):
+def test_refused_trainer_arguments_end_before_loading(document, message, tmp_path, run_cli, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("nothing may be loaded for this input error")
 
@@ -218,7 +212,7 @@ def test_refused_trainer_arguments_end_before_loading(document, message, tmp_pat
     monkeypatch.setattr(preparation, "load_task_data", refuse)
     path = tmp_path / "run.json"
     path.write_text(json.dumps(document))
-    code, _, err = run_cli(["finetune", "--config", path, "--output-dir", tmp_path / "out"], capsys)
+    code, _, err = run_cli(["finetune", "--config", path, "--output-dir", tmp_path / "out"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not (tmp_path / "out").exists()
@@ -231,7 +225,7 @@ def test_a_value_trainer_arguments_refuses_is_one_line(tmp_path):
         )
 
 
-def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkeypatch, save_tiny_llama):
+def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, run_cli, monkeypatch, save_tiny_llama):
     """A NaN from the second forward on: exit 3, the step and the first module with a non-finite output."""
     source = "model.layers.1.mlp.act_fn"
     calls = []
@@ -251,7 +245,7 @@ def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkey
     model_dir = save_tiny_llama(tmp_path / "model", chat=True)
     options = [*instruction_options(tmp_path, model_dir), "--batch-size", "1", "--method", "lora"]
     capsys.readouterr()  # saving the model reported its progress
-    code, _, err = run_cli(["finetune", *options, "--output-dir", tmp_path / "run"], capsys)
+    code, _, err = run_cli(["finetune", *options, "--output-dir", tmp_path / "run"])
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 3 and len(lines) == 1, err
     assert "non-finite loss (nan) at step 2" in lines[0]
@@ -259,7 +253,7 @@ def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, monkey
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_interrupted_sft_run_resumes_exactly(tmp_path, capsys, monkeypatch, save_tiny_llama):
+def test_interrupted_sft_run_resumes_exactly(tmp_path, run_cli, monkeypatch, save_tiny_llama):
     """Ctrl-C mid-epoch (step 5, checkpoint at step 3), then --resume: the same adapter, metrics and log as
     an uninterrupted run."""
     import senslora.finetune.training as training
@@ -277,11 +271,11 @@ def test_interrupted_sft_run_resumes_exactly(tmp_path, capsys, monkeypatch, save
     run_dir, straight = tmp_path / "run", tmp_path / "straight"
     with monkeypatch.context() as patch:
         patch.setattr(training, "_check_gradients", interrupt)
-        code, _, err = run_cli(["finetune", *options, "--output-dir", run_dir], capsys)
+        code, _, err = run_cli(["finetune", *options, "--output-dir", run_dir])
     assert code == 130, err
     assert (run_dir / "checkpoints" / "checkpoint-3" / "senslora" / "state.json").is_file()
-    assert run_cli(["finetune", *options, "--output-dir", run_dir, "--resume"], capsys)[0] == 0
-    assert run_cli(["finetune", *options, "--output-dir", straight], capsys)[0] == 0
+    assert run_cli(["finetune", *options, "--output-dir", run_dir, "--resume"])[0] == 0
+    assert run_cli(["finetune", *options, "--output-dir", straight])[0] == 0
     resumed = load_file(run_dir / "adapter" / "adapter_model.safetensors")
     reference = load_file(straight / "adapter" / "adapter_model.safetensors")
     assert resumed.keys() == reference.keys()

@@ -316,8 +316,3 @@ class RunConfig(
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def has_flag(name: str) -> bool:
-    """Whether RunConfig's field `name` has a command-line flag (all but trainer_arguments)."""
-    return {item.name: item for item in fields(RunConfig)}[name].metadata.get("flag", True)
