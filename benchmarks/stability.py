@@ -2,6 +2,7 @@
 
     python benchmarks/stability.py                    # about 10 minutes on a 2-core CPU
     python benchmarks/stability.py --estimators activation --quick   # replaces only activation's rows
+    python benchmarks/stability.py --estimators hutchinson --num-probes 4 --output stability-probes4.json
 
 For each estimator, the real MiniLM (one fixed random classifier head) is calibrated on
 - different sources: Rotten Tomatoes (the task), Wikipedia articles, Hamlet and convention speeches
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--estimators", nargs="+", default=["activation", "fisher", "hutchinson"])
     parser.add_argument("--output", type=Path, default=HERE / "results" / "stability.json")
     parser.add_argument("--quick", action="store_true", help="fewer variants (sources and one size)")
+    parser.add_argument("--num-probes", type=int, default=1, help="hutchinson probes per batch (default: 1)")
     args = parser.parse_args(argv)
 
     from senslora import allocate_ranks, estimate_sensitivity
@@ -71,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def allocation_for(source: str, count: int, seed: int, estimator: str = estimator, labelled: bool = loss_based):
             batches = batches_for(source, count, seed, model_task, tokenizer, labelled)
-            sensitivities = estimate_sensitivity(model, batches, estimator=estimator, num_probes=1, progress=False)
+            sensitivities = estimate_sensitivity(
+                model, batches, estimator=estimator, num_probes=args.num_probes, progress=False
+            )
             return allocate_ranks(sensitivities, avg_rank=4, dominance_share=None)
 
         reference = allocation_for("rotten_tomatoes", 256, 0)
@@ -97,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 "kendall_tau_ranks": comparison.kendall_tau_ranks,
                 "changed_share": comparison.changed_share,
             }
+            if estimator == "hutchinson":
+                row["num_probes"] = args.num_probes
             rows.append(row)
             print(json.dumps(row))
         results[estimator] = rows
