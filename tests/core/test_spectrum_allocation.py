@@ -81,7 +81,9 @@ def test_rank_unit_greedy_reaches_the_brute_force_optimum(seed):
     min_rank = rng.choice([0, 1])
     full_ranks = sum(min(m.d_in, m.d_out) for m in modules.values())  # budgets above it are refused
     avg_rank = rng.choice([a for a in (1, 2) if a * len(modules) <= full_ranks])
-    allocation = allocate_spectrum_ranks(modules, avg_rank=avg_rank, budget_unit="rank", min_rank=min_rank)
+    allocation = allocate_spectrum_ranks(
+        modules, avg_rank=avg_rank, budget_unit="rank", min_rank=min_rank, max_rank_factor=0
+    )
     captured = sum(sum(v * v for v in modules[n].spectrum[: allocation.ranks[n]]) for n in modules)
     assert captured == pytest.approx(brute_force_best(modules, allocation.budget, min_rank))
 
@@ -133,6 +135,20 @@ def test_refusals():
     with pytest.raises(ValueError, match="exceeds the 176 params of the 3 modules' full ranks"):
         allocate_spectrum_ranks(three_modules(), avg_rank=6, min_rank=0)
     assert allocate_spectrum_ranks(three_modules(), avg_rank=5, min_rank=0).budget_used == 160
+
+
+def test_default_cap_is_twice_the_average_rank_as_in_allocate_ranks():
+    # Rank unit, avg_rank 1: budget 3 ranks, min_rank 0; gains sigma^2: a 100, a 81, a 64, b 4, c 1.
+    # Uncapped, a takes all three; capped by default at floor(2 * 1) = 2, a stops at 2 and b gets the third.
+    modules = {
+        "a": module("a", 8, 8, (10.0, 9.0, 8.0, 0.5, 0.4, 0.3)),
+        "b": module("b", 8, 8, (2.0,)),
+        "c": module("c", 8, 8, (1.0,)),
+    }
+    capped = allocate_spectrum_ranks(modules, avg_rank=1, budget_unit="rank", min_rank=0)
+    assert capped.ranks == {"a": 2, "b": 1, "c": 0} and capped.max_rank == 2
+    uncapped = allocate_spectrum_ranks(modules, avg_rank=1, budget_unit="rank", min_rank=0, max_rank_factor=0)
+    assert uncapped.ranks == {"a": 3, "b": 0, "c": 0} and uncapped.max_rank is None
 
 
 def test_factor_zero_means_no_cap_as_in_allocate_ranks():

@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
 from senslora.core.allocation_options import BUDGET_UNITS
 from senslora.core.allocation_result import Allocation
-from senslora.core.budget import check_budget_fits, effective_max_rank
+from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR, check_budget_fits, effective_max_rank
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
@@ -68,7 +68,7 @@ def allocate_spectrum_ranks(
     budget_unit: str = "params",
     min_rank: int = 1,
     max_rank: int | None = None,
-    max_rank_factor: float | None = None,
+    max_rank_factor: float | None = DEFAULT_MAX_RANK_FACTOR,
     dominance_share: float | None = DEFAULT_DOMINANCE_SHARE,
 ) -> Allocation:
     """Greedy ranks on gain_k(w) = sigma_k(w)^2 / cost(w), never exceeding the budget.
@@ -81,8 +81,8 @@ def allocate_spectrum_ranks(
         min_rank: rank every module starts with (0 allowed: no adapter unless it earns one), capped at
             the module's full rank min(d_in, d_out).
         max_rank: largest rank, or None.
-        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank); None or 0: no cap (the
-            command line passes the run's factor, 2 by default).
+        max_rank_factor: cap every rank at floor(max_rank_factor * avg_rank); 2 by default, as in
+            `allocate_ranks`; None or 0: no cap.
         dominance_share: warn (DominanceWarning) as `allocate_ranks` does; None disables the check.
 
     Returns:
