@@ -73,3 +73,57 @@ def test_adalora_checkpoint_state_round_trips():
     adalora.restore_checkpoint_state(model, tensors, pattern)
     assert torch.equal(allocator.exp_avg_unc["layer.x"], torch.full((3,), 11.0))
     assert model.peft_config["default"].rank_pattern == {"layer.x": [True, False, True]}
+
+
+def test_adalora_adapter_with_a_module_pruned_to_rank_0_reloads_in_stock_peft(tmp_path):
+    """At low budgets AdaLoRA prunes whole modules; PEFT then saves (0, d) tensors and warns. The adapter
+    must still load through `PeftModel.from_pretrained` alone and give the trained model's outputs."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from senslora.finetune.methods import build_peft_model
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "base")
+    model = build_peft_model(
+        BertForSequenceClassification.from_pretrained(tmp_path / "base"),
+        "adalora",
+        task="classification",
+        avg_rank=2,
+        lora_alpha=4.0,
+        total_steps=20,
+    )
+    for name, parameter in model.named_parameters():
+        if "lora_" in name:
+            parameter.data.normal_()
+    prefix = "bert.encoder.layer.0.attention.self"
+    targets = [name for name, _ in model.base_model.model.named_parameters() if name.endswith("lora_E.default")]
+    pattern = {name.removesuffix(".default"): [True, False, True] for name in targets}
+    pattern[f"{prefix}.query.lora_E"] = [False, False, False]
+    model.peft_config["default"].rank_pattern = pattern
+    model.base_model.rankallocator.mask_using_rank_pattern(model.base_model.model, pattern)
+    inputs = torch.randint(0, 50, (2, 7))
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=inputs).logits
+    model.save_pretrained(tmp_path / "adapter")
+
+    saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved[f"base_model.model.{prefix}.query.lora_A"].shape == (0, 16)
+    assert saved[f"base_model.model.{prefix}.value.lora_A"].shape == (2, 16)
+    base = BertForSequenceClassification.from_pretrained(tmp_path / "base")
+    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(input_ids=inputs).logits, expected, atol=1e-6)
+    assert not torch.allclose(base_logits(tmp_path / "base", inputs), expected, atol=1e-3)
+
+
+def base_logits(path, inputs):
+    import torch
+    from transformers import BertForSequenceClassification
+
+    with torch.no_grad():
+        return BertForSequenceClassification.from_pretrained(path).eval()(input_ids=inputs).logits
