@@ -20,6 +20,11 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
 - `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8,
   about 150-190 optimizer steps: 1,000 Wikipedia paragraphs for one epoch, or all of Hamlet (a shifted
   domain: early-modern verse) for four epochs.
+- `smollm2-wiki-r1`: the Wikipedia bed at average rank 1 with the low-budget settings of `minilm-r1`
+  (`params` unit, min_rank 0, 2x cap), the regime where allocation mattered on MiniLM: 2.4 M adapter
+  parameters at rank 8 are more than 170 steps of Wikipedia can use, about 305 K at rank 1 may not be, and
+  with min_rank 0 the allocation decides which of the 210 matrices get an adapter. Controls at lr 2e-3
+  (a rank-1 adapter wants a larger step, as on MiniLM), the sweep adds 4e-3.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ SMOLLM2_DATA = {
 }
 SMOLLM2_LRS = (1e-3, 2e-3)
 SMOLLM2_CONTROL_LR = 1e-3
+SMOLLM2_LOW_BUDGET_LRS = (2e-3, 4e-3)
 
 
 def _experiment(name: str, group: str, overrides: dict[str, Any]) -> Any:
@@ -129,7 +135,32 @@ def smollm2_bed(domain: str) -> list[Any]:
     return [_experiment(name, group, overrides) for name, overrides in runs]
 
 
+def smollm2_low_budget_bed() -> list[Any]:
+    """SmolLM2 on Wikipedia at average rank 1, min_rank 0: per seed uniform LoRA, senslora and the inverse
+    control first (the discrimination question), then shuffled, then the learning-rate sweep."""
+    group = "evidence-smollm2-wiki-r1"
+    base = SMOLLM2 | SMOLLM2_DATA["wiki"] | LOW_BUDGET | {"avg_rank": 1}
+    senslora = base | {"method": "senslora", "estimator": "activation"}
+    control_lr, *other_lrs = SMOLLM2_LOW_BUDGET_LRS
+    runs = []
+    for seed in SEEDS:
+        at = {"learning_rate": control_lr, "seed": seed}
+        runs.append((f"{group}-lora-{_lr(control_lr)}-s{seed}", base | {"method": "lora"} | at))
+        runs.append((f"{group}-senslora-{_lr(control_lr)}-s{seed}", senslora | at))
+        runs.append((f"{group}-inverse-{_lr(control_lr)}-s{seed}", senslora | at | {"control": "inverse"}))
+    for seed in SEEDS:
+        at = {"learning_rate": control_lr, "seed": seed}
+        runs.append((f"{group}-shuffled-{_lr(control_lr)}-s{seed}", senslora | at | {"control": "shuffled"}))
+    for lr in other_lrs:
+        for seed in SEEDS:
+            at = {"learning_rate": lr, "seed": seed}
+            runs.append((f"{group}-lora-{_lr(lr)}-s{seed}", base | {"method": "lora"} | at))
+            runs.append((f"{group}-senslora-{_lr(lr)}-s{seed}", senslora | at))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
     beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
+    beds += smollm2_low_budget_bed()
     return [*beds, *minilm_allocators(1), *minilm_allocators(2), *minilm_confirmation()]
