@@ -20,6 +20,8 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
 - `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8,
   about 150-190 optimizer steps: 1,000 Wikipedia paragraphs for one epoch, or all of Hamlet (a shifted
   domain: early-modern verse) for four epochs.
+- `smollm2-wiki` allocators: `fisher`, `hutchinson`, `kfac`, `gradient_spectrum`, EVA and AdaLoRA at the
+  control learning rate, because that bed discriminates (inverse worse than senslora on 3 seeds).
 - `smollm2-wiki-r1`: the Wikipedia bed at average rank 1 with the low-budget settings of `minilm-r1`
   (`params` unit, min_rank 0, 2x cap), the regime where allocation mattered on MiniLM: 2.4 M adapter
   parameters at rank 8 are more than 170 steps of Wikipedia can use, about 305 K at rank 1 may not be, and
@@ -159,8 +161,26 @@ def smollm2_low_budget_bed() -> list[Any]:
     return [_experiment(name, group, overrides) for name, overrides in runs]
 
 
+def smollm2_allocators(domain: str) -> list[Any]:
+    """The other allocators on a SmolLM2 bed at its control lr, equal adapter parameters, paired by seed
+    (AdaLoRA at twice that lr: on MiniLM it needed a larger step than LoRA to train at all)."""
+    group = f"evidence-smollm2-{domain}"
+    base = SMOLLM2 | SMOLLM2_DATA[domain] | {"learning_rate": SMOLLM2_CONTROL_LR}
+    adalora_lr = 2 * SMOLLM2_CONTROL_LR
+    runs = []
+    for seed in SEEDS:
+        for estimator in ("fisher", "hutchinson", "kfac", "gradient_spectrum"):
+            overrides = base | {"method": "senslora", "estimator": estimator, "seed": seed}
+            runs.append((f"{group}-senslora-{estimator}-{_lr(SMOLLM2_CONTROL_LR)}-s{seed}", overrides))
+        runs.append((f"{group}-eva-{_lr(SMOLLM2_CONTROL_LR)}-s{seed}", base | {"method": "eva", "seed": seed}))
+        adalora = base | {"method": "adalora", "learning_rate": adalora_lr, "seed": seed}
+        runs.append((f"{group}-adalora-{_lr(adalora_lr)}-s{seed}", adalora))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
     beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
     beds += smollm2_low_budget_bed()
-    return [*beds, *minilm_allocators(1), *minilm_allocators(2), *minilm_confirmation()]
+    allocators = [*minilm_allocators(1), *minilm_allocators(2), *smollm2_allocators("wiki")]
+    return [*beds, *allocators, *minilm_confirmation()]
