@@ -86,16 +86,23 @@ def minilm_bed(avg_rank: int) -> list[Any]:
 
 def minilm_allocators(avg_rank: int) -> list[Any]:
     """The other allocators on a MiniLM low-budget bed, at equal adapter parameters, paired by seed."""
-    group = f"evidence-minilm-r{avg_rank}"
-    base = MINILM | LOW_BUDGET | {"avg_rank": avg_rank, "learning_rate": MINILM_CONTROL_LR}
+    base = MINILM | LOW_BUDGET | {"avg_rank": avg_rank}
+    return allocator_runs(f"evidence-minilm-r{avg_rank}", base, OTHER_ESTIMATORS, MINILM_CONTROL_LR, ADALORA_LR)
+
+
+def allocator_runs(
+    group: str, base: dict[str, Any], estimators: tuple[str, ...], lr: float, adalora_lr: float
+) -> list[Any]:
+    """Per seed: senslora with each estimator and EVA at `lr`, then AdaLoRA at `adalora_lr`."""
+    base = base | {"learning_rate": lr}
     runs = []
     for seed in SEEDS:
-        for estimator in OTHER_ESTIMATORS:
+        for estimator in estimators:
             overrides = base | {"method": "senslora", "estimator": estimator, "seed": seed}
-            runs.append((f"{group}-senslora-{estimator}-{_lr(MINILM_CONTROL_LR)}-s{seed}", overrides))
-        runs.append((f"{group}-eva-{_lr(MINILM_CONTROL_LR)}-s{seed}", base | {"method": "eva", "seed": seed}))
-        adalora = base | {"method": "adalora", "learning_rate": ADALORA_LR, "seed": seed}
-        runs.append((f"{group}-adalora-{_lr(ADALORA_LR)}-s{seed}", adalora))
+            runs.append((f"{group}-senslora-{estimator}-{_lr(lr)}-s{seed}", overrides))
+        runs.append((f"{group}-eva-{_lr(lr)}-s{seed}", base | {"method": "eva", "seed": seed}))
+        adalora = base | {"method": "adalora", "learning_rate": adalora_lr, "seed": seed}
+        runs.append((f"{group}-adalora-{_lr(adalora_lr)}-s{seed}", adalora))
     return [_experiment(name, group, overrides) for name, overrides in runs]
 
 
@@ -164,18 +171,9 @@ def smollm2_low_budget_bed() -> list[Any]:
 def smollm2_allocators(domain: str) -> list[Any]:
     """The other allocators on a SmolLM2 bed at its control lr, equal adapter parameters, paired by seed
     (AdaLoRA at twice that lr: on MiniLM it needed a larger step than LoRA to train at all)."""
-    group = f"evidence-smollm2-{domain}"
-    base = SMOLLM2 | SMOLLM2_DATA[domain] | {"learning_rate": SMOLLM2_CONTROL_LR}
-    adalora_lr = 2 * SMOLLM2_CONTROL_LR
-    runs = []
-    for seed in SEEDS:
-        for estimator in ("fisher", "hutchinson", "kfac", "gradient_spectrum"):
-            overrides = base | {"method": "senslora", "estimator": estimator, "seed": seed}
-            runs.append((f"{group}-senslora-{estimator}-{_lr(SMOLLM2_CONTROL_LR)}-s{seed}", overrides))
-        runs.append((f"{group}-eva-{_lr(SMOLLM2_CONTROL_LR)}-s{seed}", base | {"method": "eva", "seed": seed}))
-        adalora = base | {"method": "adalora", "learning_rate": adalora_lr, "seed": seed}
-        runs.append((f"{group}-adalora-{_lr(adalora_lr)}-s{seed}", adalora))
-    return [_experiment(name, group, overrides) for name, overrides in runs]
+    estimators = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
+    base = SMOLLM2 | SMOLLM2_DATA[domain]
+    return allocator_runs(f"evidence-smollm2-{domain}", base, estimators, SMOLLM2_CONTROL_LR, 2 * SMOLLM2_CONTROL_LR)
 
 
 def evidence() -> list[Any]:
