@@ -91,6 +91,40 @@ def test_budget_points_take_each_variant_at_its_best_learning_rate(tools):
     assert points["senslora"] == {1: [0.74], 4: [0.78]}
 
 
+def test_family_budget_points_take_the_lowest_perplexity_lr_across_the_family_beds(tools):
+    _, summary = tools
+    lora, sens = {"method": "lora"}, {"method": "senslora", "estimator": "activation"}
+    inverse = sens | {"control": "inverse"}
+
+    def run(group, overrides, seed, lr, value, rank):
+        return _result(group, overrides, seed, lr, value, metric="perplexity", avg_rank=rank)
+
+    evidence = [
+        run("evidence-lm", lora, 0, 1e-3, 30.0, 8),
+        run("evidence-lm", lora, 1, 1e-3, 32.0, 8),
+        run("evidence-lm", lora, 0, 2e-3, 29.0, 8),  # one seed only: the two-seed cell wins
+        run("evidence-lm", inverse, 0, 1e-3, 31.0, 8),
+        run("evidence-lm", {"baseline": "base_model"}, 0, 0.0, 55.0, 8),  # a baseline, not a variant
+        run("evidence-lm-r1", lora, 0, 2e-3, 33.0, 1),
+        run("evidence-lm-r1", lora, 0, 4e-3, 34.0, 1),  # higher perplexity: not the best
+        run("evidence-lm-r1", sens, 0, 4e-3, 33.5, 1),
+        run("evidence-lm-shifted", lora, 0, 1e-3, 20.0, 8),  # another bed, not a budget of this one
+    ]
+    points = summary.family_budget_points(evidence, "lm")
+    assert points == {
+        "lora": {8: {0: 30.0, 1: 32.0}, 1: {0: 33.0}},
+        "inverse": {8: {0: 31.0}},
+        "senslora": {1: {0: 33.5}},
+    }
+
+
+def test_paired_differences_subtract_the_reference_on_shared_seeds_only(tools):
+    _, summary = tools
+    points = {"lora": {8: {0: 30.0, 1: 32.0}}, "senslora": {8: {0: 30.5, 1: 31.0, 2: 40.0}, 1: {0: 33.0}}}
+    # seed 2 has no LoRA run and rank 1 no LoRA at all: both are left out
+    assert summary.paired_differences(points) == {"lora": {8: [0.0, 0.0]}, "senslora": {8: [0.5, -1.0]}}
+
+
 def test_every_allocator_is_compared_with_tuned_lora(tools):
     _, summary = tools
     fisher = {"method": "senslora", "estimator": "fisher"}
