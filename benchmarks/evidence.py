@@ -17,9 +17,9 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
 - `minilm-r1` confirmation: seeds 3, 4, 5 for the two allocators whose mean led tuned LoRA there on the
   first three seeds (`gradient_spectrum` +0.005 ± 0.004 and `kfac` +0.010 ± 0.012), against LoRA at its
   tuned learning rate (4e-3), so each lead is either confirmed or dissolved on six paired seeds.
-- `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8,
-  about 150-190 optimizer steps: 1,000 Wikipedia paragraphs for one epoch, or all of Hamlet (a shifted
-  domain: early-modern verse) for four epochs.
+- `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8:
+  1,000 Wikipedia paragraphs for one epoch (172-183 optimizer steps), or all of Hamlet (a shifted domain:
+  early-modern verse) for four epochs (368 steps; the validation perplexity is best at epoch 2).
 - `smollm2-wiki` allocators: `fisher`, `hutchinson`, `kfac`, `gradient_spectrum`, EVA and AdaLoRA at the
   control learning rate, because that bed discriminates (inverse worse than senslora on 3 seeds).
 - `smollm2-wiki-r1`: the Wikipedia bed at average rank 1 with the low-budget settings of `minilm-r1`
