@@ -224,23 +224,17 @@ def budget_points(evidence: list[dict[str, Any]], full: list[dict[str, Any]]) ->
     The evidence beds give ranks 1 and 2 (min_rank 0, 2x cap); the full profile ranks 2, 4 and 8 (min_rank
     1, uncapped) where the evidence beds have no rank: its `senslora` points are the paper's setting.
     """
-    by_cell: dict[tuple[str, int, float], dict[int, float]] = defaultdict(dict)
-    evidence_ranks = set()
-    for result in evidence:
-        name, config = variant(result), result["config"]
-        if not result["group"].startswith("evidence-minilm-r"):
-            continue
-        evidence_ranks.add(config["avg_rank"])
-        by_cell[(name, config["avg_rank"], config["learning_rate"])][config["seed"]] = metric_of(result)[1]
+    points = family_budget_points(evidence, "minilm")
+    evidence_ranks = {rank for ranks in points.values() for rank in ranks}
+    by_cell: dict[tuple[str, int, float], SeedValues] = defaultdict(dict)
     for result in full:
         name, config = full_profile_variant(result), result["config"]
         if name is None or config["avg_rank"] in evidence_ranks:
             continue
         by_cell[(name, config["avg_rank"], config["learning_rate"])][config["seed"]] = metric_of(result)[1]
-    return {
-        name: {rank: list(seeds.values()) for rank, seeds in ranks.items()}
-        for name, ranks in best_per_rank(by_cell, "accuracy").items()
-    }
+    for name, ranks in best_per_rank(by_cell, "accuracy").items():
+        points.setdefault(name, {}).update(ranks)
+    return {name: {rank: list(seeds.values()) for rank, seeds in ranks.items()} for name, ranks in points.items()}
 
 
 SeedValues = dict[int, float]  # seed -> metric
