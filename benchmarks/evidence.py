@@ -19,7 +19,7 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
   tuned learning rate (4e-3), so each lead is either confirmed or dissolved on six paired seeds.
 - `smollm2-wiki`, `smollm2-hamlet`: SmolLM2-135M causal LM, 64-token blocks, batch 8, average rank 8:
   1,000 Wikipedia paragraphs for one epoch (172-183 optimizer steps), or all of Hamlet (a shifted domain:
-  early-modern verse) for four epochs (368-380 steps; the validation perplexity is best at epoch 2).
+  early-modern verse) for two epochs (184-190 steps; a four-epoch version overfitted after epoch 2).
 - `smollm2-wiki` allocators: `fisher`, `hutchinson`, `kfac`, `gradient_spectrum`, EVA and AdaLoRA at the
   control learning rate, because that bed discriminates (inverse worse than senslora on 3 seeds).
 - `smollm2-wiki-r1`: the Wikipedia bed at average rank 1 with the low-budget settings of `minilm-r1`
@@ -50,7 +50,7 @@ SMOLLM2 = {"model": "smollm2", "max_length": 64, "batch_size": 8, "max_validatio
 SMOLLM2 |= {"calibration_examples": 64, "avg_rank": 8, "budget_unit": "params"}
 SMOLLM2_DATA = {
     "wiki": {"data": "wikipedia", "max_train_examples": 1000, "epochs": 1},
-    "hamlet": {"data": "hamlet", "max_train_examples": None, "epochs": 4},
+    "hamlet": {"data": "hamlet", "max_train_examples": None, "epochs": 2},
 }
 SMOLLM2_LRS = (1e-3, 2e-3)
 SMOLLM2_CONTROL_LR = 1e-3
