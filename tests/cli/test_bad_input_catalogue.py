@@ -423,6 +423,8 @@ CATALOGUE = [
     ("num-groups-zero", "finetune", ["--num-groups", "0"], "num_groups must be >= 1", "early"),
     # ranks above a matrix's full rank min(d_in, d_out) (32 for every target of the tiny BERT)
     ("allocate-above-full-rank", "allocate", ["{sens_ok}", "--avg-rank", "2000"], "modules' full ranks", "early"),
+    ("report-avg-rank-beyond-float", "report", ["{sens_ok}", "--avg-rank", "7.49e306"], "(0, 2147483647]", "parse"),
+    ("report-avg-rank-nan", "report", ["{sens_ok}", "--avg-rank", "nan"], "(0, 2147483647]", "parse"),
     ("avg-rank-above-full-rank", "finetune", ["--avg-rank", "100000"], "modules' full ranks", "model"),
     ("lora-rank-above-full-rank", "finetune", ["--method", "lora", "--avg-rank", "33"], "full rank 32", "model"),
     ("eva-rank-above-full-rank", "finetune", ["--method", "eva", "--avg-rank", "33"], "full rank 32", "model"),

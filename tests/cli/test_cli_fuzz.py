@@ -64,7 +64,7 @@ def typed_values(action: argparse.Action, values: st.SearchStrategy[str]) -> st.
     if kind in ("int", "_non_negative_int"):
         special = st.sampled_from(["0", "-1", "1", "3", "2147483648", str(2**64), "none"])
         return st.one_of(st.integers(-(10**12), 10**12).map(str), special, values)
-    if kind == "float":
+    if kind in ("float", "_average_rank"):
         special = st.sampled_from(["nan", "inf", "-inf", "0", "-0.5", "1e308", "1e-320", "none"])
         return st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(repr), special, values)
     return values

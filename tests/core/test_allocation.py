@@ -265,6 +265,16 @@ def test_budget_above_the_full_ranks_is_refused():
     assert fits.ranks["a"] <= 2 and fits.ranks["b"] <= 3
 
 
+@pytest.mark.parametrize("avg_rank", [7.49e306, 1e308, 10**400])
+@pytest.mark.parametrize("max_rank_factor", [None, 2.0])
+def test_a_budget_beyond_the_float_range_is_refused_as_too_large(avg_rank, max_rank_factor):
+    # 7.49e306 and 1e308 are finite, but 7.49e306 * 24 parameters (and 2 * 1e308, the cap) overflow to inf;
+    # a 400-digit integer has no float at all. Each is a budget above the 32 parameters the full ranks hold.
+    s = sens(module("a", 1.0, d_in=2, d_out=2), module("b", 2.0, d_in=3, d_out=5))
+    with pytest.raises(ValueError, match=r"exceeds the 32 params .*full ranks"):
+        allocate_ranks(s, avg_rank=avg_rank, budget_unit="params", max_rank_factor=max_rank_factor)
+
+
 # ---- PRA: levels one apart, whole groups, exact budget -------------------------------------------------
 
 

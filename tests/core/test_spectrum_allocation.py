@@ -135,6 +135,9 @@ def test_refusals():
     with pytest.raises(ValueError, match="exceeds the 176 params of the 3 modules' full ranks"):
         allocate_spectrum_ranks(three_modules(), avg_rank=6, min_rank=0)
     assert allocate_spectrum_ranks(three_modules(), avg_rank=5, min_rank=0).budget_used == 160
+    for huge in (7.49e306, 1e308):  # finite averages whose budget (and 2x cap) overflow to inf
+        with pytest.raises(ValueError, match="exceeds the 176 params of the 3 modules' full ranks"):
+            allocate_spectrum_ranks(three_modules(), avg_rank=huge, min_rank=0)
 
 
 def test_default_cap_is_twice_the_average_rank_as_in_allocate_ranks():

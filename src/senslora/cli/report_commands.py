@@ -13,6 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
+from senslora.finetune.options import MAX_INT
 from senslora.reporting.compare import DEFAULT_TOP, compare_allocations, load_allocation_like, plot_comparison
 from senslora.reporting.kendall import tau_text
 from senslora.reporting.report import DEFAULT_AVG_RANK, write_report
@@ -28,6 +29,17 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _average_rank(text: str) -> float:
+    """A finite average rank in (0, MAX_INT], the range `allocate` and `finetune` accept (as a float here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= MAX_INT:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"expected a number in (0, {MAX_INT}], got {text!r}")
+    return value
+
+
 def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the `report` and `compare` subcommands on an argparse subparsers object."""
     report = subparsers.add_parser(
@@ -39,7 +51,7 @@ def add_report_commands(subparsers: argparse._SubParsersAction) -> None:
     report.add_argument("--output-dir", default=None, help="where to write (default: next to SOURCE)")
     report.add_argument(
         "--avg-rank",
-        type=float,
+        type=_average_rank,
         default=DEFAULT_AVG_RANK,
         help=f"average rank when ranks are computed from sensitivity.json alone (default: {DEFAULT_AVG_RANK:g})",
     )

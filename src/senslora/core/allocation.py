@@ -17,7 +17,6 @@ Pure Python: no model and no torch needed.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -25,6 +24,7 @@ from senslora.core.allocation_options import BUDGET_UNITS, METRIC_GROUPS, SCHEME
 from senslora.core.allocation_result import Allocation
 from senslora.core.budget import (
     DEFAULT_MAX_RANK_FACTOR,
+    check_avg_rank,
     check_budget_fits,
     effective_max_rank,
     round_monotone,
@@ -66,8 +66,7 @@ def _checked_options(
         raise ValueError(f"metrics must be a non-empty subset of {METRIC_GROUPS}, got {metrics}")
     if not sensitivities:
         raise ValueError("no module sensitivities to allocate ranks from")
-    if not (isinstance(avg_rank, int | float) and math.isfinite(avg_rank) and avg_rank > 0):
-        raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
+    check_avg_rank(avg_rank)
     if not isinstance(min_rank, int) or min_rank < 0:
         raise ValueError(f"min_rank must be an integer >= 0, got {min_rank}")
     max_rank = effective_max_rank(max_rank, max_rank_factor, avg_rank)
@@ -141,6 +140,7 @@ def allocate_ranks(
     # min(max_rank, full rank). A budget the bounds cannot hold is refused here, before any score.
     names = sorted(sensitivities)
     shapes = {n: (sensitivities[n].d_in, sensitivities[n].d_out) for n in names}
+    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
     cost = [1 if budget_unit == "rank" else sum(shapes[n]) for n in names]
     budget = round(avg_rank * sum(cost))
     full = [min(shapes[n]) for n in names]
@@ -152,7 +152,6 @@ def allocate_ranks(
             f"budget of {budget} {budget_unit} is too small to give min_rank={min_rank} to all "
             f"{len(names)} modules (needs {floor_cost:g}); raise avg_rank or lower min_rank"
         )
-    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
 
     # Scores: theta per module; when every theta is 0 nothing is informative and all modules weigh alike.
     theta_by_name, weights = fuse_scores(sensitivities, weighting=weighting, metrics=metrics)

@@ -31,14 +31,36 @@ from senslora.core.allocation_options import BUDGET_UNITS, check_choice
 DEFAULT_MAX_RANK_FACTOR = 2.0
 
 
+def check_avg_rank(avg_rank: float) -> None:
+    """Raise ValueError unless avg_rank is a positive int or finite float (an int of any size passes)."""
+    finite = isinstance(avg_rank, int) or (isinstance(avg_rank, float) and math.isfinite(avg_rank))
+    if not (finite and avg_rank > 0):
+        raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
+
+
 def effective_max_rank(max_rank: int | None, max_rank_factor: float | None, avg_rank: float) -> int | None:
     """min(max_rank, floor(max_rank_factor * avg_rank)); a factor of 0 or None adds no cap."""
     if max_rank_factor is None or max_rank_factor == 0:
         return max_rank
     if not max_rank_factor > 0:
         raise ValueError(f"max_rank_factor must be positive (0: no cap), got {max_rank_factor}")
-    factor_cap = math.floor(max_rank_factor * avg_rank + 1e-9)
+    try:
+        scaled = max_rank_factor * avg_rank
+    except OverflowError:  # an int avg_rank beyond every float
+        scaled = math.inf
+    if not math.isfinite(scaled):  # a cap beyond every float is no cap (the full rank still bounds)
+        return max_rank
+    factor_cap = math.floor(scaled + 1e-9)
     return factor_cap if max_rank is None else min(max_rank, factor_cap)
+
+
+def _number_text(value: float, whole: bool = False) -> str:
+    """An int in full; a float as %g, or (`whole`) rounded to an integer while it prints in 15 digits."""
+    if isinstance(value, int):
+        return str(value)
+    if whole and value < 1e15:
+        return str(round(value))
+    return f"{value:.6g}" if whole else f"{value:g}"
 
 
 def check_budget_fits(
@@ -54,17 +76,19 @@ def check_budget_fits(
     check_choice("budget unit", budget_unit, BUDGET_UNITS)
     names = sorted(shapes)
     cost = {n: 1 if budget_unit == "rank" else sum(shapes[n]) for n in names}
-    budget = round(avg_rank * sum(cost.values()))
+    exact_budget = avg_rank * sum(cost.values())  # inf for a finite but huge avg_rank
     full = {n: min(shapes[n]) for n in names}
     full_capacity = sum(cost[n] * full[n] for n in names)
-    if budget > full_capacity:
+    if exact_budget == math.inf or round(exact_budget) > full_capacity:
         smallest = min(names, key=lambda n: (full[n], n))
         raise ValueError(
-            f"budget of {budget} {budget_unit} (avg_rank {avg_rank:g}) exceeds the {full_capacity} {budget_unit} of "
+            f"budget of {_number_text(exact_budget, whole=True)} {budget_unit} (avg_rank {_number_text(avg_rank)}) "
+            f"exceeds the {full_capacity} {budget_unit} of "
             f"the {len(names)} modules' full ranks min(d_in, d_out) (e.g. {smallest!r}: {full[smallest]}); a LoRA "
             f"rank above a matrix's full rank only adds parameters: lower avg_rank to at most "
             f"{full_capacity // sum(cost.values())}"
         )
+    budget = round(exact_budget)
     if max_rank is not None and sum(cost[n] * min(full[n], max_rank) for n in names) < budget:
         raise ValueError(
             f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "

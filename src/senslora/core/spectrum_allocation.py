@@ -32,7 +32,7 @@ from collections.abc import Mapping
 from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
 from senslora.core.allocation_options import BUDGET_UNITS
 from senslora.core.allocation_result import Allocation
-from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR, check_budget_fits, effective_max_rank
+from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR, check_avg_rank, check_budget_fits, effective_max_rank
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
@@ -41,8 +41,7 @@ SPECTRUM_SCHEME = "spectrum"
 def _check_options(avg_rank: float, budget_unit: str, min_rank: int, max_rank_factor: float | None) -> None:
     if budget_unit not in BUDGET_UNITS:
         raise ValueError(f"unknown budget unit {budget_unit!r}; allowed: {', '.join(BUDGET_UNITS)}")
-    if not (isinstance(avg_rank, int | float) and math.isfinite(avg_rank) and avg_rank > 0):
-        raise ValueError(f"avg_rank must be a positive number, got {avg_rank}")
+    check_avg_rank(avg_rank)
     if not isinstance(min_rank, int) or min_rank < 0:
         raise ValueError(f"min_rank must be an integer >= 0, got {min_rank}")
 
