@@ -9,7 +9,8 @@ For every test bed (a results group), paired by seed:
   means senslora is better. A test bed *discriminates* when the inverse or shuffled gain exceeds its paired
   standard deviation.
 - "senslora vs tuned LoRA": each method at its own best learning rate (best mean over seeds), gain paired
-  by seed.
+  by seed (over the seeds both have); the senslora and tuned LoRA columns average every seed of their
+  cell, n of them, which can be more (e.g. LoRA's confirmation seeds on `minilm-r1`).
 
 `budget.png` draws MiniLM's validation accuracy against the average rank: the evidence beds (ranks 1 and 2:
 `params` unit, min_rank 0, 2x cap) and the `full` profile's main tables (ranks 2, 4 and 8: `params` unit,
@@ -165,8 +166,8 @@ def summarize(results: list[dict[str, Any]]) -> str:
         sens = table.get((bed, "senslora", sens_lr), {})
         versus = paired_gains(sens, lora, metric)
         baseline = baseline_values(table, bed)
-        sens_cell = f"{fmt_plain(list(sens.values()))} (lr {sens_lr:g})" if sens_lr is not None else "-"
-        lora_cell = f"{fmt_plain(list(lora.values()))} (lr {lora_lr:g})" if lora_lr is not None else "-"
+        sens_cell = f"{fmt_plain(list(sens.values()))} (lr {sens_lr:g}, n={len(sens)})" if sens_lr is not None else "-"
+        lora_cell = f"{fmt_plain(list(lora.values()))} (lr {lora_lr:g}, n={len(lora)})" if lora_lr is not None else "-"
         lines.append(
             f"| {bed} | {metric} | {fmt(inverse)} | {fmt(shuffled)} | {discriminates} "
             f"| {fmt(versus)} | {sens_cell} | {lora_cell} | {fmt_plain(baseline)} |"

@@ -62,7 +62,7 @@ def test_summary_pairs_by_seed_and_flags_a_discriminating_bed(tools):
     assert cells[4] == "yes"
     # tuned LoRA is lr 1e-3 (0.79, 0.80, 0.81); senslora - LoRA = 0.01, -0.02, 0.01
     assert cells[5] == "+0.0000 ± 0.0173 (n=3)"
-    assert cells[7].endswith("(lr 0.001)")
+    assert cells[7].endswith("(lr 0.001, n=3)")
 
 
 def test_perplexity_gain_is_positive_when_senslora_is_lower(tools):
