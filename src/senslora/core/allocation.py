@@ -27,6 +27,7 @@ from senslora.core.budget import (
     check_avg_rank,
     check_budget_fits,
     effective_max_rank,
+    rank_cost,
     round_monotone,
     water_fill,
 )
@@ -140,9 +141,8 @@ def allocate_ranks(
     # min(max_rank, full rank). A budget the bounds cannot hold is refused here, before any score.
     names = sorted(sensitivities)
     shapes = {n: (sensitivities[n].d_in, sensitivities[n].d_out) for n in names}
-    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
-    cost = [1 if budget_unit == "rank" else sum(shapes[n]) for n in names]
-    budget = round(avg_rank * sum(cost))
+    budget = check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
+    cost = [rank_cost(shapes[n], budget_unit) for n in names]
     full = [min(shapes[n]) for n in names]
     high = [float(f if max_rank is None else min(max_rank, f)) for f in full]
     low = [float(min(min_rank, h)) for h in high]
@@ -194,7 +194,7 @@ def allocate_ranks(
 
 def largest_share(allocation: Allocation) -> tuple[str, float]:
     """The module holding the largest share of the spent budget, and that share."""
-    cost = {n: 1 if allocation.budget_unit == "rank" else sum(allocation.shapes[n]) for n in allocation.ranks}
+    cost = {n: rank_cost(allocation.shapes[n], allocation.budget_unit) for n in allocation.ranks}
     spent = {n: r * cost[n] for n, r in allocation.ranks.items()}
     total = sum(spent.values()) or 1
     name = max(sorted(spent), key=lambda n: spent[n])

@@ -63,10 +63,15 @@ def _number_text(value: float, whole: bool = False) -> str:
     return f"{value:.6g}" if whole else f"{value:g}"
 
 
+def rank_cost(shape: tuple[int, int], budget_unit: str) -> int:
+    """What one LoRA rank of a (d_in, d_out) module costs in `budget_unit`: 1 ("rank") or d_in + d_out ("params")."""
+    return 1 if budget_unit == "rank" else sum(shape)
+
+
 def check_budget_fits(
     shapes: Mapping[str, tuple[int, int]], avg_rank: float, budget_unit: str, max_rank: int | None = None
-) -> None:
-    """Raise ValueError if the budget at `avg_rank` exceeds what the modules can hold.
+) -> int:
+    """The budget round(avg_rank * sum_w cost(w)); ValueError if it exceeds what the modules can hold.
 
     A module holds at most its full rank min(d_in, d_out) (a LoRA rank above it only adds parameters),
     and at most max_rank. Budget and capacity are counted in `budget_unit`: sum_w cost(w) * avg_rank
@@ -75,7 +80,7 @@ def check_budget_fits(
     """
     check_choice("budget unit", budget_unit, BUDGET_UNITS)
     names = sorted(shapes)
-    cost = {n: 1 if budget_unit == "rank" else sum(shapes[n]) for n in names}
+    cost = {n: rank_cost(shapes[n], budget_unit) for n in names}
     exact_budget = avg_rank * sum(cost.values())  # inf for a finite but huge avg_rank
     full = {n: min(shapes[n]) for n in names}
     full_capacity = sum(cost[n] * full[n] for n in names)
@@ -94,6 +99,7 @@ def check_budget_fits(
             f"budget of {budget} {budget_unit} cannot be spent with max_rank={max_rank} on "
             f"{len(names)} modules; raise max_rank or lower avg_rank"
         )
+    return budget
 
 
 def water_fill(

@@ -32,7 +32,13 @@ from collections.abc import Mapping
 from senslora.core.allocation import DEFAULT_DOMINANCE_SHARE, warn_if_dominated
 from senslora.core.allocation_options import BUDGET_UNITS
 from senslora.core.allocation_result import Allocation
-from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR, check_avg_rank, check_budget_fits, effective_max_rank
+from senslora.core.budget import (
+    DEFAULT_MAX_RANK_FACTOR,
+    check_avg_rank,
+    check_budget_fits,
+    effective_max_rank,
+    rank_cost,
+)
 from senslora.core.metrics import ModuleSensitivity
 
 SPECTRUM_SCHEME = "spectrum"
@@ -107,9 +113,8 @@ def allocate_spectrum_ranks(
     # full ranks (or max_rank) hold is refused, as allocate_ranks refuses it.
     names = sorted(sensitivities)
     shapes = {n: (sensitivities[n].d_in, sensitivities[n].d_out) for n in names}
-    check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
-    cost = {n: 1 if budget_unit == "rank" else sum(shapes[n]) for n in names}
-    budget = round(avg_rank * sum(cost.values()))
+    budget = check_budget_fits(shapes, avg_rank, budget_unit, max_rank)
+    cost = {n: rank_cost(shapes[n], budget_unit) for n in names}
     cap = {n: min(shapes[n]) if max_rank is None else min(max_rank, *shapes[n]) for n in names}
     ranks = {n: min(min_rank, cap[n]) for n in names}
     left = budget - sum(cost[n] * ranks[n] for n in names)
