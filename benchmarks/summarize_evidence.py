@@ -143,6 +143,11 @@ def verdict(gain_lists: list[list[float]]) -> str:
     return "yes" if any(mean_std(g)[0] > mean_std(g)[1] for g in complete) else "no"
 
 
+def seeds_cell(seeds: dict[int, float], lr: float | None) -> str:
+    """Mean ± std over the seeds of one cell, with its learning rate and seed count; "-" without a cell."""
+    return "-" if lr is None else f"{fmt_plain(list(seeds.values()))} (lr {lr:g}, n={len(seeds)})"
+
+
 def summarize(results: list[dict[str, Any]]) -> str:
     table = cells(results)
     metrics = {bed_of(r): metric_of(r)[0] for r in results}
@@ -166,11 +171,9 @@ def summarize(results: list[dict[str, Any]]) -> str:
         sens = table.get((bed, "senslora", sens_lr), {})
         versus = paired_gains(sens, lora, metric)
         baseline = baseline_values(table, bed)
-        sens_cell = f"{fmt_plain(list(sens.values()))} (lr {sens_lr:g}, n={len(sens)})" if sens_lr is not None else "-"
-        lora_cell = f"{fmt_plain(list(lora.values()))} (lr {lora_lr:g}, n={len(lora)})" if lora_lr is not None else "-"
         lines.append(
             f"| {bed} | {metric} | {fmt(inverse)} | {fmt(shuffled)} | {discriminates} "
-            f"| {fmt(versus)} | {sens_cell} | {lora_cell} | {fmt_plain(baseline)} |"
+            f"| {fmt(versus)} | {seeds_cell(sens, sens_lr)} | {seeds_cell(lora, lora_lr)} | {fmt_plain(baseline)} |"
         )
     lines += ["", "## Every allocator against tuned LoRA (each at its best learning rate, paired by seed)", ""]
     lines += ["| test bed | allocator | lr | metric | − tuned LoRA | beats LoRA by more than the spread? |"]
