@@ -49,6 +49,7 @@ ADALORA_LR = 5e-3
 
 SMOLLM2 = {"model": "smollm2", "max_length": 64, "batch_size": 8, "max_validation_examples": 100}
 SMOLLM2 |= {"calibration_examples": 64, "avg_rank": 8, "budget_unit": "params"}
+SMOLLM2 |= {"calibration_unit": "texts"}  # as the beds' first runs counted calibration: 64 texts, all their blocks
 SMOLLM2_DATA = {
     "wiki": {"data": "wikipedia", "max_train_examples": 1000, "epochs": 1},
     "hamlet": {"data": "hamlet", "max_train_examples": None, "epochs": 2},

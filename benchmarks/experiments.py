@@ -106,6 +106,7 @@ def full() -> list[Experiment]:
     # SmolLM2 steps cost about 15x MiniLM's here: 32 steps of 8 Wikipedia paragraphs (128 tokens)
     lm = {"model": "smollm2", "data": "wikipedia", "max_length": 128, "max_train_examples": 256}
     lm |= {"max_validation_examples": 100, "calibration_examples": 64, "batch_size": 8, "epochs": 1}
+    lm |= {"calibration_unit": "texts"}  # as these rows were run: 64 texts, every block they make
     for seed in (0, 1):
         for method, estimator in [("lora", None), ("senslora", "activation")]:
             overrides = lm | _method(method, estimator) | {"avg_rank": 8, "seed": seed, "learning_rate": 1e-3}

@@ -40,6 +40,7 @@ TASKS = ("classification", "regression", "causal_lm", "instruction")
 
 # Safeguard of the loss-based estimators against a freshly initialised task head, on unless set explicitly
 # (chosen by the head benchmark in BENCHMARKS.md).
+CALIBRATION_UNITS = ("blocks", "texts")
 LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
 DEFAULT_HEAD_WARMUP_STEPS = 50
 DEFAULT_LEARNING_RATE = default_of({item.name: item for item in fields(TrainingConfig)}["learning_rate"])
@@ -107,7 +108,15 @@ class CalibrationOptions:
     """The sensitivity pass: calibration data, estimator and its settings, target layers, head warm-up."""
 
     calibration_data: str | None = option(None, "separate calibration source (default: a sample of train)")
-    calibration_examples: int = option(256, "calibration examples")
+    calibration_examples: int = option(
+        256, "calibration examples (causal_lm data: blocks of --max-length tokens, see --calibration-unit)"
+    )
+    calibration_unit: str = option(
+        "blocks",
+        "what --calibration-examples counts on causal_lm data: blocks of --max-length tokens (cut from as many "
+        "sampled texts), or whole texts, however many blocks they make",
+        choices=CALIBRATION_UNITS,
+    )
     calibration_batch_size: int = option(16, "calibration batch size")
     estimator: str = option("activation", "Hessian-diagonal estimator", choices=ESTIMATORS)
     target_modules: list[str] | None = option(

@@ -16,7 +16,14 @@ from torch import nn
 
 from senslora.core.targets import find_target_layers
 from senslora.finetune.config import RunConfig
-from senslora.finetune.data import DataSpec, TaskData, calibration_subset, load_calibration_source, load_task_data
+from senslora.finetune.data import (
+    DataSpec,
+    TaskData,
+    calibration_block_sample,
+    calibration_subset,
+    load_calibration_source,
+    load_task_data,
+)
 from senslora.finetune.environment import resolve_device
 from senslora.finetune.methods import get_method
 from senslora.finetune.models import (
@@ -163,6 +170,8 @@ def calibration_batches(
         tokenized = tokenize_texts(calibration_data, prepared.tokenizer, max_length=config.max_length)
     else:
         tokenized = tokenize_dataset(calibration_data, prepared.tokenizer, data, max_length=config.max_length)
+    if data.task == "causal_lm" and config.calibration_unit == "blocks":
+        tokenized = calibration_block_sample(tokenized, config.calibration_examples, config.seed)
     if len(tokenized) == 0:
         raise ValueError("the calibration data is empty after tokenization")
     collator = make_collator(prepared.tokenizer, data.task)

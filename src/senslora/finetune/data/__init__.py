@@ -32,12 +32,17 @@ Modules, lowest first:
     sources.py    which kind of source a spec names, and reading it
     columns.py    columns, labels and the task they imply
     sampling.py   seeded splits and caps
-    loading.py    load_task_data, calibration_subset, load_calibration_source
+    loading.py    load_task_data, calibration_subset, calibration_block_sample, load_calibration_source
 """
 
 from __future__ import annotations
 
-from senslora.finetune.data.loading import calibration_subset, load_calibration_source, load_task_data
+from senslora.finetune.data.loading import (
+    calibration_block_sample,
+    calibration_subset,
+    load_calibration_source,
+    load_task_data,
+)
 from senslora.finetune.data.presets import (
     COMPRESSED_SUFFIXES,
     FILE_FORMATS,
@@ -68,6 +73,7 @@ __all__ = [
     "TASK_METRICS",
     "DataSpec",
     "TaskData",
+    "calibration_block_sample",
     "calibration_subset",
     "glue_preset",
     "load_calibration_source",

@@ -13,6 +13,7 @@ import pandas as pd
 from senslora.finetune.data.columns import _apply_labels, _clean_rows, _resolve_columns
 from senslora.finetune.data.presets import TASK_METRICS, _Preset
 from senslora.finetune.data.sampling import (
+    _CALIBRATION_BLOCK_STREAM,
     _CALIBRATION_STREAM,
     _TRAIN_CAP_STREAM,
     _VALIDATION_CAP_STREAM,
@@ -154,6 +155,17 @@ def calibration_subset(data: TaskData, num_examples: int, seed: int) -> datasets
     if num_examples >= size:
         return data.train
     return data.train.select(_permutation_prefix(size, num_examples, seed, _CALIBRATION_STREAM).tolist())
+
+
+def calibration_block_sample(blocks: datasets.Dataset, num_blocks: int, seed: int) -> datasets.Dataset:
+    """A seeded random sample of `num_blocks` tokenized blocks, kept in their order (all if there are fewer).
+
+    The calibration texts of causal_lm data are cut into blocks of max_length tokens; counting calibration
+    in blocks keeps its cost independent of how long the texts are.
+    """
+    if num_blocks >= len(blocks):
+        return blocks
+    return blocks.select(_permutation_prefix(len(blocks), num_blocks, seed, _CALIBRATION_BLOCK_STREAM).tolist())
 
 
 def load_calibration_source(spec: DataSpec, num_examples: int, seed: int) -> datasets.Dataset:

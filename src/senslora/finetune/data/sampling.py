@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 # Seeds of the independent random streams: numpy.random.default_rng([seed, purpose]).
-_SPLIT_STREAM, _TRAIN_CAP_STREAM, _VALIDATION_CAP_STREAM, _CALIBRATION_STREAM = 0, 1, 2, 3
+_SPLIT_STREAM, _TRAIN_CAP_STREAM, _VALIDATION_CAP_STREAM, _CALIBRATION_STREAM, _CALIBRATION_BLOCK_STREAM = 0, 1, 2, 3, 4
 
 
 def _permutation_prefix(size: int, count: int, seed: int, stream: int) -> np.ndarray:
