@@ -9,40 +9,26 @@ from __future__ import annotations
 import random
 
 import pytest
+from transformers import AutoTokenizer
 
 from senslora.finetune.config import RunConfig
 from senslora.finetune.preparation import calibration_batches, load_calibration_data, prepare
 
-WORDS = [
-    "the",
-    "a",
-    "movie",
-    "film",
-    "was",
-    "is",
-    "good",
-    "bad",
-    "great",
-    "awful",
-    "plot",
-    "actors",
-    "story",
-    "fun",
-    "boring",
-    "and",
-    "but",
-    "not",
-    "very",
-]
 MAX_LENGTH = 8
 
 
+def _words(model_dir) -> list[str]:
+    """The tiny tokenizer's words: one token each."""
+    return sorted(w for w in AutoTokenizer.from_pretrained(model_dir).get_vocab() if not w.startswith("<"))
+
+
 @pytest.fixture(scope="module")
-def long_texts(tmp_path_factory):
+def long_texts(tiny_llama_dir, tmp_path_factory):
     """40 lines of 30 words: each line is about four blocks of 8 tokens."""
+    words = _words(tiny_llama_dir)
     rng = random.Random(0)
     path = tmp_path_factory.mktemp("calibration") / "long.txt"
-    path.write_text("\n".join(" ".join(rng.choice(WORDS) for _ in range(30)) for _ in range(40)) + "\n")
+    path.write_text("\n".join(" ".join(rng.choice(words) for _ in range(30)) for _ in range(40)) + "\n")
     return path
 
 
@@ -85,7 +71,7 @@ def test_blocks_unit_keeps_a_seeded_sample_of_that_many_blocks_in_order(tiny_lla
 
 def test_blocks_unit_keeps_every_block_when_the_texts_make_fewer(tiny_llama_dir, tmp_path):
     short = tmp_path / "short.txt"
-    short.write_text("\n".join(f"the {word} film" for word in WORDS) + "\n")  # 19 texts of 4 tokens: 9 blocks
+    short.write_text("\n".join(f"the {word} film" for word in _words(tiny_llama_dir)) + "\n")  # 19 texts: 9 blocks
     rows, blocks = _calibration_rows(_config(tiny_llama_dir, short, calibration_examples=12, validation_fraction=0.05))
     assert 0 < len(blocks) < 12 and rows == blocks
 
