@@ -81,3 +81,24 @@ def test_fisher_run_gets_the_safeguards_by_default(tiny_bert_dir, sentiment_csv,
     capped = Allocation.from_json((tmp_path / "capped.json").read_text()).ranks
     uncapped = Allocation.from_json((tmp_path / "uncapped.json").read_text()).ranks
     assert max(capped.values()) <= 6 < max(uncapped.values()) and sum(capped.values()) == sum(uncapped.values())
+
+
+def test_cli_allocate_warns_that_fusion_options_do_not_apply_to_gradient_spectrum(tmp_path, capsys):
+    """scheme, weighting, metrics and num_groups change nothing for a gradient_spectrum sensitivity: the
+    ranks are the default call's, and a warning names each option that was set."""
+    from senslora.cli import main
+    from senslora.core.metrics import ModuleSensitivity, sensitivities_to_json
+
+    spectra = {"a.q": (9.0, 4.0, 1.0), "a.v": (3.0, 2.0, 1.0), "b.q": (1.0, 0.5, 0.1)}
+    items = {name: ModuleSensitivity(name, 3, 3, sum(s), sum(s), 1, 3, spectrum=s) for name, s in spectra.items()}
+    path = tmp_path / "sensitivity.json"
+    path.write_text(sensitivities_to_json(items, {"estimator": "gradient_spectrum"}))
+    allocate = ["allocate", str(path), "--avg-rank", "1", "--budget-unit", "rank", "--min-rank", "0"]
+    assert main([*allocate, "--output", str(tmp_path / "default.json")]) == 0
+    assert "ignored" not in capsys.readouterr().err
+    options = ["--scheme", "pra", "--weighting", "equal", "--num-groups", "2"]
+    with pytest.warns(UserWarning, match=r"scheme=pra, weighting=equal, num_groups=2 ignored"):
+        assert main([*allocate, *options, "--output", str(tmp_path / "set.json")]) == 0
+    default, chosen = (json.loads((tmp_path / f"{n}.json").read_text())["modules"] for n in ("default", "set"))
+    assert [m["rank"] for m in chosen] == [m["rank"] for m in default]
+    assert {m["name"]: m["rank"] for m in default} == {"a.q": 2, "a.v": 1, "b.q": 0}  # 81, 16, 9 > 4, 1

@@ -9,6 +9,8 @@ no rank may exceed the module's full rank min(d_in, d_out).
 from __future__ import annotations
 
 import time
+import warnings
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,16 @@ from senslora.core.metrics import ModuleSensitivity
 from senslora.core.sensitivity import estimate_sensitivity
 from senslora.core.spectrum_allocation import allocate_spectrum_ranks
 from senslora.core.targets import layer_shape
-from senslora.finetune.config import RunConfig, effective_head_warmup_steps, effective_max_rank_factor
+from senslora.finetune.config import (
+    AllocationOptions,
+    RunConfig,
+    effective_head_warmup_steps,
+    effective_max_rank_factor,
+)
 from senslora.finetune.environment import package_versions
 from senslora.finetune.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.finetune.methods import check_uniform_rank_fits, get_method, target_shapes
+from senslora.finetune.options import default_of
 from senslora.finetune.preparation import Prepared
 from senslora.utils.distributed import (
     shard_batches,
@@ -97,13 +105,28 @@ def run_sensitivity(
     return sensitivities, metadata
 
 
+SCORE_FUSION_OPTIONS = ("scheme", "weighting", "metrics", "num_groups")  # unused by the spectrum allocator
+
+
 def run_allocation(
     config: RunConfig, sensitivities: dict[str, ModuleSensitivity], estimator: str | None = None
 ) -> Allocation:
     """Allocate with the run's options; a `gradient_spectrum` sensitivity (the config's estimator, or
     `estimator` when the sensitivity came from a file) is allocated by `allocate_spectrum_ranks` (scheme,
-    weighting and metrics do not apply to it)."""
+    weighting and metrics do not apply to it: a warning names any set away from its default)."""
     if (estimator or config.estimator) == "gradient_spectrum":
+        defaults = {item.name: default_of(item) for item in fields(AllocationOptions)}
+        ignored = [
+            f"{name}={getattr(config, name)}"
+            for name in SCORE_FUSION_OPTIONS
+            if getattr(config, name) != defaults[name]
+        ]
+        if ignored:
+            warnings.warn(
+                f"{', '.join(ignored)} ignored: the gradient_spectrum allocator spends ranks on singular values, "
+                "without fusing metrics or grouping modules",
+                stacklevel=2,
+            )
         return allocate_spectrum_ranks(
             sensitivities,
             avg_rank=config.avg_rank,
