@@ -38,9 +38,9 @@ from senslora.finetune.training import TrainingConfig
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 TASKS = ("classification", "regression", "causal_lm", "instruction")
 
+CALIBRATION_UNITS = ("blocks", "texts")  # what calibration_examples counts on causal_lm data
 # Safeguard of the loss-based estimators against a freshly initialised task head, on unless set explicitly
 # (chosen by the head benchmark in BENCHMARKS.md).
-CALIBRATION_UNITS = ("blocks", "texts")
 LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
 DEFAULT_HEAD_WARMUP_STEPS = 50
 DEFAULT_LEARNING_RATE = default_of({item.name: item for item in fields(TrainingConfig)}["learning_rate"])
