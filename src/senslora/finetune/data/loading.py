@@ -151,10 +151,7 @@ def calibration_subset(data: TaskData, num_examples: int, seed: int) -> datasets
     """
     if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
         raise ValueError(f"num_examples must be a positive integer, got {num_examples!r}")
-    size = len(data.train)
-    if num_examples >= size:
-        return data.train
-    return data.train.select(_permutation_prefix(size, num_examples, seed, _CALIBRATION_STREAM).tolist())
+    return _seeded_sample(data.train, num_examples, seed, _CALIBRATION_STREAM)
 
 
 def calibration_block_sample(blocks: datasets.Dataset, num_blocks: int, seed: int) -> datasets.Dataset:
@@ -163,9 +160,14 @@ def calibration_block_sample(blocks: datasets.Dataset, num_blocks: int, seed: in
     The calibration texts of causal_lm data are cut into blocks of max_length tokens; counting calibration
     in blocks keeps its cost independent of how long the texts are.
     """
-    if num_blocks >= len(blocks):
-        return blocks
-    return blocks.select(_permutation_prefix(len(blocks), num_blocks, seed, _CALIBRATION_BLOCK_STREAM).tolist())
+    return _seeded_sample(blocks, num_blocks, seed, _CALIBRATION_BLOCK_STREAM)
+
+
+def _seeded_sample(dataset: datasets.Dataset, count: int, seed: int, stream: int) -> datasets.Dataset:
+    """`count` rows drawn by a seeded permutation of `stream`, kept in their order (all rows if fewer)."""
+    if count >= len(dataset):
+        return dataset
+    return dataset.select(_permutation_prefix(len(dataset), count, seed, stream).tolist())
 
 
 def load_calibration_source(spec: DataSpec, num_examples: int, seed: int) -> datasets.Dataset:
