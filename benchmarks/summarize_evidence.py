@@ -20,6 +20,8 @@ deviation over seeds. `budget-smollm2-wiki.png` draws the same for SmolLM2's val
 Wikipedia beds (`smollm2-wiki` at average rank 8, `smollm2-wiki-r1` at rank 1) as the difference from
 tuned uniform LoRA's perplexity on the same seed (the seed-to-seed spread, about 1.5, would hide the
 differences between allocations), with the base model's gap in the legend (it lies far off the axis).
+`allocators-<bed>.png` draws, for every bed with at least three allocators run, each allocator's gain
+over tuned uniform LoRA paired by seed (the "Every allocator" table, as dots per seed and mean ± std).
 """
 
 from __future__ import annotations
@@ -143,6 +145,18 @@ def verdict(gain_lists: list[list[float]]) -> str:
     return "yes" if any(mean_std(g)[0] > mean_std(g)[1] for g in complete) else "no"
 
 
+def allocator_gains(table: dict, bed: str, metric: str) -> dict[str, tuple[float, list[float]]]:
+    """allocator -> (its best learning rate, its gains over tuned LoRA there, paired by seed), for every
+    variant of a bed but uniform LoRA itself, the controls and the no-adapter baselines."""
+    lora = table.get((bed, "lora", best_lr(table, bed, "lora", metric)), {})
+    names = sorted({v for (b, v, _) in table if b == bed} - {"lora", *CONTROL_NAMES, *BASELINES})
+    gains = {}
+    for name in names:
+        lr = best_lr(table, bed, name, metric)
+        gains[name] = (lr, paired_gains(table[(bed, name, lr)], lora, metric))
+    return gains
+
+
 def seeds_cell(seeds: dict[int, float], lr: float | None) -> str:
     """Mean ± std over the seeds of one cell, with its learning rate and seed count; "-" without a cell."""
     return "-" if lr is None else f"{fmt_plain(list(seeds.values()))} (lr {lr:g}, n={len(seeds)})"
@@ -179,13 +193,8 @@ def summarize(results: list[dict[str, Any]]) -> str:
     lines += ["| test bed | allocator | lr | metric | − tuned LoRA | beats LoRA by more than the spread? |"]
     lines += ["|---|---|---:|---|---|---|"]
     for bed in beds:
-        metric = metrics[bed]
-        lora = table.get((bed, "lora", best_lr(table, bed, "lora", metric)), {})
-        names = sorted({v for (b, v, _) in table if b == bed} - {"lora", *CONTROL_NAMES, *BASELINES})
-        for name in names:
-            lr = best_lr(table, bed, name, metric)
+        for name, (lr, versus) in allocator_gains(table, bed, metrics[bed]).items():
             seeds = table[(bed, name, lr)]
-            versus = paired_gains(seeds, lora, metric)
             lines.append(
                 f"| {bed} | {name} | {lr:g} | {fmt_plain(list(seeds.values()))} | {fmt(versus)} | {verdict([versus])} |"
             )
@@ -354,6 +363,51 @@ def plot_budget(
     plt.close(figure)
 
 
+MIN_ALLOCATORS_PLOTTED = 3  # a bed gets an allocator plot once senslora and two others have runs
+
+
+def plot_allocators(gains: dict[str, tuple[float, list[float]]], bed: str, metric: str, path: Path) -> None:
+    """Each allocator's gain over tuned uniform LoRA (paired by seed; right is better): one dot per seed,
+    the mean with a one-standard-deviation bar, best at the top."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = sorted((name for name in gains if gains[name][1]), key=lambda name: statistics.fmean(gains[name][1]))
+    figure, axes = plt.subplots(figsize=(7.6, 1.0 + 0.42 * len(order)))
+    for row, name in enumerate(order):
+        lr, values = gains[name]
+        mean, spread = mean_std(values)
+        color = "tab:red" if name == "senslora" else "tab:purple"
+        axes.errorbar(mean, row, xerr=spread, color=color, marker="s", capsize=3)
+        axes.scatter(values, [row] * len(values), color=color, alpha=0.35, s=14, zorder=3)
+    labels = [f"{name} (lr {gains[name][0]:g}, n={len(gains[name][1])})" for name in order]
+    axes.set_yticks(range(len(order)), labels=labels, fontsize=8)
+    axes.axvline(0.0, color="tab:blue", linewidth=1.2)
+    better = "lower perplexity" if metric in LOWER_IS_BETTER else "higher accuracy"
+    axes.set_xlabel(f"{metric} gain over tuned uniform LoRA (blue), same seed; right = {better}", fontsize=8)
+    axes.set_title(f"{bed}: allocators at equal adapter parameters", fontsize=9)
+    axes.grid(alpha=0.3, axis="x")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_allocator_plots(results: list[dict[str, Any]], directory: Path) -> list[Path]:
+    """`allocators-<bed>.png` for every bed with at least MIN_ALLOCATORS_PLOTTED allocators and a LoRA run."""
+    table = cells(results)
+    metrics = {bed_of(r): metric_of(r)[0] for r in results}
+    written = []
+    for bed, metric in sorted(metrics.items()):
+        gains = {name: cell for name, cell in allocator_gains(table, bed, metric).items() if cell[1]}
+        if len(gains) >= MIN_ALLOCATORS_PLOTTED:
+            path = directory / f"allocators-{bed}.png"
+            plot_allocators(gains, bed, metric, path)
+            written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
@@ -377,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         base_gap = [base_model[s] - lora_top[s] for s in sorted(set(base_model) & set(lora_top))]
         plot_budget(paired_differences(smollm2), base_gap, args.results_dir / "budget-smollm2-wiki.png", SMOLLM2_PLOT)
+    write_allocator_plots(results, args.results_dir)
     print(text)
     return 0
 

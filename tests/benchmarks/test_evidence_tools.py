@@ -162,3 +162,22 @@ def test_rerun_table_compares_each_superseded_result_with_its_rerun(tmp_path, be
     # 2 modules changed; largest share 2/4 = 50 % before, 3/4 = 75 % after
     assert lines[2] == "| `a` | 0.800 | 0.780 | 2 | 50.0% -> 75.0% |"
     assert pending == ["b"]
+
+
+def test_allocator_plots_only_for_beds_with_three_allocators(tmp_path, tools):
+    _, summary = tools
+    results = []
+    for seed in range(3):
+        for group in ("evidence-many", "evidence-few"):
+            results.append(_result(group, {"method": "lora"}, seed, 1e-3, 30.0, metric="perplexity"))
+            results.append(_result(group, {"method": "senslora"}, seed, 1e-3, 29.0 + seed, metric="perplexity"))
+        for estimator in ("fisher", "kfac"):
+            overrides = {"method": "senslora", "estimator": estimator}
+            results.append(_result("evidence-many", overrides, seed, 2e-3, 31.0, metric="perplexity"))
+    gains = summary.allocator_gains(summary.cells(results), "many", "perplexity")
+    # LoRA 30 on every seed; senslora 29, 30, 31 -> gains +1, 0, -1; fisher at 2e-3 -> -1 on every seed
+    assert gains["senslora"] == (1e-3, [1.0, 0.0, -1.0])
+    assert gains["senslora-fisher"] == (2e-3, [-1.0, -1.0, -1.0])
+    written = summary.write_allocator_plots(results, tmp_path)
+    assert written == [tmp_path / "allocators-many.png"]
+    assert (tmp_path / "allocators-many.png").stat().st_size > 0
