@@ -24,6 +24,9 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
   and AdaLoRA, because both beds discriminate (inverse worse than senslora on 3 seeds). On Wikipedia at the
   control learning rate; on Hamlet at its tuned one (2e-3, the best of the sweep for both uniform LoRA and
   senslora), so each allocator meets tuned LoRA at the same step size. AdaLoRA at twice the allocators' lr.
+- `smollm2-hamlet` confirmation: seeds 3, 4, 5 at Hamlet's tuned learning rate (2e-3) for uniform LoRA,
+  senslora and `gradient_spectrum`, the allocator furthest ahead of tuned LoRA on seeds 0-2 (+0.34 ± 0.40
+  perplexity: ahead on every seed, inside the spread), so its lead is confirmed or dissolved on six seeds.
 - `smollm2-wiki-r1`: the Wikipedia bed at average rank 1 with the low-budget settings of `minilm-r1`
   (`params` unit, min_rank 0, 2x cap), the regime where allocation mattered on MiniLM: 2.4 M adapter
   parameters at rank 8 are more than 170 steps of Wikipedia can use, about 305 K at rank 1 may not be, and
@@ -181,10 +184,27 @@ def smollm2_allocators(domain: str) -> list[Any]:
     return allocator_runs(f"evidence-smollm2-{domain}", base, estimators, lr, 2 * lr)
 
 
+def smollm2_hamlet_confirmation() -> list[Any]:
+    """Seeds 3-5 on smollm2-hamlet at its tuned lr: uniform LoRA, senslora and `gradient_spectrum`."""
+    group = "evidence-smollm2-hamlet"
+    base = SMOLLM2 | SMOLLM2_DATA["hamlet"] | {"learning_rate": SMOLLM2_ALLOCATOR_LR["hamlet"]}
+    variants = {
+        "lora": {"method": "lora"},
+        "senslora-gradient_spectrum": {"method": "senslora", "estimator": "gradient_spectrum"},
+        "senslora": {"method": "senslora", "estimator": "activation"},
+    }
+    lr = _lr(SMOLLM2_ALLOCATOR_LR["hamlet"])
+    return [
+        _experiment(f"{group}-{name}-{lr}-s{seed}", group, base | overrides | {"seed": seed})
+        for name, overrides in variants.items()
+        for seed in CONFIRMATION_SEEDS
+    ]
+
+
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
     beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
     beds += smollm2_low_budget_bed()
     allocators = [*minilm_allocators(1), *minilm_allocators(2)]
     allocators += [*smollm2_allocators("wiki"), *smollm2_allocators("hamlet")]
-    return [*beds, *allocators, *minilm_confirmation()]
+    return [*beds, *allocators, *minilm_confirmation(), *smollm2_hamlet_confirmation()]
