@@ -374,7 +374,7 @@ def plot_allocators(gains: dict[str, tuple[float, list[float]]], bed: str, metri
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    order = sorted((name for name in gains if gains[name][1]), key=lambda name: statistics.fmean(gains[name][1]))
+    order = sorted(gains, key=lambda name: statistics.fmean(gains[name][1]))  # every name has gains: see the caller
     figure, axes = plt.subplots(figsize=(7.6, 1.0 + 0.42 * len(order)))
     for row, name in enumerate(order):
         lr, values = gains[name]
