@@ -27,7 +27,9 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
 - `smollm2-hamlet` confirmation: seeds 3, 4, 5 at Hamlet's tuned learning rate (2e-3) for uniform LoRA,
   senslora and `gradient_spectrum`, the allocator furthest ahead of tuned LoRA on seeds 0-2 (+0.34 ± 0.40
   perplexity: ahead on every seed, inside the spread), so its lead is confirmed or dissolved on six seeds;
-  then `hutchinson`, ahead on seeds 0-2 by more than the spread (+0.35 ± 0.30).
+  then `hutchinson`, ahead on seeds 0-2 by more than the spread (+0.35 ± 0.30; level on six seeds).
+- `smollm2-wiki` confirmation: the same for uniform LoRA, senslora and `hutchinson` on Wikipedia, where
+  `hutchinson` was ahead of tuned LoRA on seeds 0-2.
 - `smollm2-wiki-r1`: the Wikipedia bed at average rank 1 with the low-budget settings of `minilm-r1`
   (`params` unit, min_rank 0, 2x cap), the regime where allocation mattered on MiniLM: 2.4 M adapter
   parameters at rank 8 are more than 170 steps of Wikipedia can use, about 305 K at rank 1 may not be, and
@@ -184,17 +186,12 @@ def smollm2_allocators(domain: str) -> list[Any]:
     return allocator_runs(f"evidence-smollm2-{domain}", base, estimators, SMOLLM2_TUNED_LR, 2 * SMOLLM2_TUNED_LR)
 
 
-def smollm2_hamlet_confirmation() -> list[Any]:
-    """Seeds 3-5 on smollm2-hamlet at its tuned lr: uniform LoRA, senslora, and the allocators ahead of tuned
-    LoRA on seeds 0-2 (`gradient_spectrum`, then `hutchinson`)."""
-    group = "evidence-smollm2-hamlet"
-    base = SMOLLM2 | SMOLLM2_DATA["hamlet"] | {"learning_rate": SMOLLM2_TUNED_LR}
-    variants = {
-        "lora": {"method": "lora"},
-        "senslora-gradient_spectrum": {"method": "senslora", "estimator": "gradient_spectrum"},
-        "senslora": {"method": "senslora", "estimator": "activation"},
-        "senslora-hutchinson": {"method": "senslora", "estimator": "hutchinson"},
-    }
+def smollm2_confirmation(data: str, estimators: tuple[str, ...]) -> list[Any]:
+    """Seeds 3-5 on a SmolLM2 rank-8 bed at its tuned lr: uniform LoRA, senslora, and `estimators`."""
+    group = f"evidence-smollm2-{data}"
+    base = SMOLLM2 | SMOLLM2_DATA[data] | {"learning_rate": SMOLLM2_TUNED_LR}
+    variants = {"lora": {"method": "lora"}, "senslora": {"method": "senslora", "estimator": "activation"}}
+    variants |= {f"senslora-{name}": {"method": "senslora", "estimator": name} for name in estimators}
     lr = _lr(SMOLLM2_TUNED_LR)
     return [
         _experiment(f"{group}-{name}-{lr}-s{seed}", group, base | overrides | {"seed": seed})
@@ -203,10 +200,22 @@ def smollm2_hamlet_confirmation() -> list[Any]:
     ]
 
 
+def smollm2_hamlet_confirmation() -> list[Any]:
+    """Seeds 3-5 on smollm2-hamlet for the allocators ahead of tuned LoRA on seeds 0-2 (`gradient_spectrum`,
+    then `hutchinson`)."""
+    return smollm2_confirmation("hamlet", ("gradient_spectrum", "hutchinson"))
+
+
+def smollm2_wiki_confirmation() -> list[Any]:
+    """Seeds 3-5 on smollm2-wiki for `hutchinson`, ahead of tuned LoRA on seeds 0-2 there."""
+    return smollm2_confirmation("wiki", ("hutchinson",))
+
+
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
     beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
     beds += smollm2_low_budget_bed()
     allocators = [*minilm_allocators(1), *minilm_allocators(2)]
     allocators += [*smollm2_allocators("wiki"), *smollm2_allocators("hamlet")]
-    return [*beds, *allocators, *minilm_confirmation(), *smollm2_hamlet_confirmation()]
+    confirmations = [*minilm_confirmation(), *smollm2_hamlet_confirmation(), *smollm2_wiki_confirmation()]
+    return [*beds, *allocators, *confirmations]
