@@ -186,10 +186,10 @@ def smollm2_allocators(domain: str) -> list[Any]:
     return allocator_runs(f"evidence-smollm2-{domain}", base, estimators, SMOLLM2_TUNED_LR, 2 * SMOLLM2_TUNED_LR)
 
 
-def smollm2_confirmation(data: str, estimators: tuple[str, ...]) -> list[Any]:
+def smollm2_confirmation(domain: str, estimators: tuple[str, ...]) -> list[Any]:
     """Seeds 3-5 on a SmolLM2 rank-8 bed at its tuned lr: uniform LoRA, senslora, and `estimators`."""
-    group = f"evidence-smollm2-{data}"
-    base = SMOLLM2 | SMOLLM2_DATA[data] | {"learning_rate": SMOLLM2_TUNED_LR}
+    group = f"evidence-smollm2-{domain}"
+    base = SMOLLM2 | SMOLLM2_DATA[domain] | {"learning_rate": SMOLLM2_TUNED_LR}
     variants = {"lora": {"method": "lora"}, "senslora": {"method": "senslora", "estimator": "activation"}}
     variants |= {f"senslora-{name}": {"method": "senslora", "estimator": name} for name in estimators}
     lr = _lr(SMOLLM2_TUNED_LR)
