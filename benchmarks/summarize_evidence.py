@@ -8,7 +8,8 @@ For every test bed (a results group), paired by seed:
   is better (accuracy), control - senslora where lower is better (perplexity), so a positive gain always
   means senslora is better. A test bed *discriminates* when the inverse or shuffled gain exceeds its paired
   standard deviation.
-- "senslora vs tuned LoRA": each method at its own best learning rate (best mean over seeds), gain paired
+- "senslora vs tuned LoRA": each method at its own best learning rate (best mean over the seeds its
+  swept cells share, so seeds added at one learning rate do not decide it), gain paired
   by seed (over the seeds both have); the senslora and tuned LoRA columns average every seed of their
   cell, n of them, which can be more (e.g. LoRA's confirmation seeds on `minilm-r1`).
 
@@ -105,14 +106,28 @@ def cells(results: list[dict[str, Any]]) -> dict[tuple[str, str, float], dict[in
 
 
 def best_lr(table: dict, bed: str, name: str, metric: str) -> float | None:
-    """The learning rate with the best mean over seeds (only cells with the most seeds count)."""
+    """The learning rate of a variant's best cell on a bed (`pick_learning_rate`); None without a cell."""
     options = {lr: seeds for (b, v, lr), seeds in table.items() if b == bed and v == name}
-    if not options:
-        return None
-    most = max(len(s) for s in options.values())
-    full = {lr: statistics.fmean(s.values()) for lr, s in options.items() if len(s) == most}
+    return pick_learning_rate(options, metric) if options else None
+
+
+def pick_learning_rate(options: dict[float, dict[int, float]], metric: str) -> float:
+    """lr -> {seed: metric} to the lr with the best mean over the seeds its rivals share.
+
+    Only complete cells compete (>= MIN_SEEDS seeds; while none is, those with the most seeds), and they
+    are compared on the seeds all of them have, so confirmation seeds added at one learning rate do not
+    decide the pick. Without a shared seed each cell's own mean is used."""
+    complete = {lr: seeds for lr, seeds in options.items() if len(seeds) >= MIN_SEEDS}
+    if not complete:
+        most = max(len(seeds) for seeds in options.values())
+        complete = {lr: seeds for lr, seeds in options.items() if len(seeds) == most}
+    shared = set.intersection(*(set(seeds) for seeds in complete.values()))
+    means = {
+        lr: statistics.fmean(seeds[s] for s in shared) if shared else statistics.fmean(seeds.values())
+        for lr, seeds in complete.items()
+    }
     pick = min if metric in LOWER_IS_BETTER else max
-    return pick(full, key=full.get)
+    return pick(means, key=means.get)
 
 
 BASELINES = ("head-only", "base-model")
@@ -254,18 +269,12 @@ SeedValues = dict[int, float]  # seed -> metric
 
 
 def best_per_rank(by_cell: dict[tuple[str, int, float], SeedValues], metric: str) -> dict[str, dict[int, SeedValues]]:
-    """(variant, rank, lr) -> {seed: value} to variant -> {rank: {seed: value} at the best lr (most seeds
-    first)}."""
-    pick = min if metric in LOWER_IS_BETTER else max
+    """(variant, rank, lr) -> {seed: value} to variant -> {rank: {seed: value} at the best lr
+    (`pick_learning_rate`)}."""
     points: dict[str, dict[int, SeedValues]] = defaultdict(dict)
     for name, rank in {(n, r) for n, r, _ in by_cell}:
         options = {lr: seeds for (n, r, lr), seeds in by_cell.items() if n == name and r == rank}
-        most = max(len(seeds) for seeds in options.values())
-        best = pick(
-            (lr for lr, seeds in options.items() if len(seeds) == most),
-            key=lambda lr: statistics.fmean(options[lr].values()),
-        )
-        points[name][rank] = options[best]
+        points[name][rank] = options[pick_learning_rate(options, metric)]
     return dict(points)
 
 

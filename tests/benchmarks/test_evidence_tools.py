@@ -118,6 +118,20 @@ def test_family_budget_points_take_the_lowest_perplexity_lr_across_the_family_be
     }
 
 
+def test_best_learning_rate_compares_cells_on_the_seeds_they_share(tools):
+    _, summary = tools
+    table = {
+        # six seeds at 2e-3: mean 30.67, but seeds 0-2 alone average 32.33
+        ("lm", "lora", 2e-3): {0: 31.0, 1: 34.0, 2: 32.0, 3: 27.0, 4: 28.0, 5: 32.0},
+        ("lm", "lora", 4e-3): {0: 30.9, 1: 33.9, 2: 31.9},  # better on every shared seed: 32.23
+        ("lm", "lora", 1e-3): {0: 20.0, 1: 20.0},  # incomplete (two seeds): does not compete
+    }
+    assert summary.best_lr(table, "lm", "lora", "perplexity") == 4e-3
+    assert summary.best_lr(table, "lm", "senslora", "perplexity") is None
+    table[("lm", "lora", 4e-3)] = {0: 31.1, 1: 34.1, 2: 32.1}
+    assert summary.best_lr(table, "lm", "lora", "perplexity") == 2e-3
+
+
 def test_paired_differences_subtract_the_reference_on_shared_seeds_only(tools):
     _, summary = tools
     points = {"lora": {8: {0: 30.0, 1: 32.0}}, "senslora": {8: {0: 30.5, 1: 31.0, 2: 40.0}, 1: {0: 33.0}}}
