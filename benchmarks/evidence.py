@@ -6,6 +6,8 @@ modules of equal cost (identical parameters), and the no-adapter baseline (the n
 or the base model). A test bed *discriminates* when the inverse or shuffled allocation trains worse than
 senslora's by more than the paired spread. Experiments are listed cheapest and most informative first.
 
+- `minilm`: the main job's bed (average rank 4, uncapped activation, lr 1e-3): senslora and its inverse
+  control, beside the `full` profile's shuffled control and learning-rate sweep for the same runs.
 - `minilm-r1`, `minilm-r2`: MiniLM + Rotten Tomatoes (the main job: 2,000 snippets, 2 epochs, 250 steps)
   at average rank 1 and 2 in the `params` unit with min_rank 0 (and the default 2x cap), so the
   allocation decides which matrices get an adapter at all.
@@ -52,6 +54,9 @@ MINILM |= {"epochs": 2}
 LOW_BUDGET = {"budget_unit": "params", "min_rank": 0, "max_rank_factor": 2.0}
 MINILM_LRS = (2e-3, 1e-3, 4e-3)
 MINILM_CONTROL_LR = 2e-3
+MAIN_JOB_LR = 1e-3  # the main job's senslora rows (average rank 4, params unit, uncapped activation)
+MAIN_JOB_SENSLORA = {"method": "senslora", "estimator": "activation", "budget_unit": "params"}
+MAIN_JOB_SENSLORA |= {"avg_rank": 4, "max_rank_factor": 0, "learning_rate": MAIN_JOB_LR}
 MINILM_R1_TUNED_LORA_LR = 4e-3  # the best of the sweep for uniform LoRA on minilm-r1 (3 seeds)
 
 OTHER_ESTIMATORS = ("fisher", "hutchinson", "obd", "kfac", "gradient_spectrum")
@@ -138,6 +143,18 @@ def minilm_baseline() -> list[Any]:
     return [_experiment(f"evidence-minilm-head-only-s{s}", "evidence-minilm", base | {"seed": s}) for s in SEEDS]
 
 
+def minilm_main_bed_inverse() -> list[Any]:
+    """The main job's bed (average rank 4, the `full` profile's uncapped activation rows at lr 1e-3): senslora
+    and its inverse control per seed, so the original bed has the inverse beside its shuffled control."""
+    group = "evidence-minilm"
+    senslora = MINILM | MAIN_JOB_SENSLORA
+    runs = []
+    for seed in SEEDS:
+        runs.append((f"{group}-senslora-{_lr(MAIN_JOB_LR)}-s{seed}", senslora | {"seed": seed}))
+        runs.append((f"{group}-inverse-{_lr(MAIN_JOB_LR)}-s{seed}", senslora | {"seed": seed, "control": "inverse"}))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
 def smollm2_bed(domain: str) -> list[Any]:
     group = f"evidence-smollm2-{domain}"
     base = SMOLLM2 | SMOLLM2_DATA[domain]
@@ -217,7 +234,7 @@ def smollm2_wiki_confirmation() -> list[Any]:
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
     beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
-    beds += smollm2_low_budget_bed()
+    beds += [*smollm2_low_budget_bed(), *minilm_main_bed_inverse()]
     allocators = [*minilm_allocators(1), *minilm_allocators(2)]
     allocators += [*smollm2_allocators("wiki"), *smollm2_allocators("hamlet")]
     confirmations = [*minilm_confirmation(), *smollm2_hamlet_confirmation(), *smollm2_wiki_confirmation()]
