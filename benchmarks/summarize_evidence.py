@@ -14,8 +14,9 @@ For every test bed (a results group), paired by seed:
   cell, n of them, which can be more (e.g. LoRA's confirmation seeds on `minilm-r1`).
 
 `budget.png` draws MiniLM's validation accuracy against the average rank: the evidence beds (ranks 1 and 2:
-`params` unit, min_rank 0, 2x cap) and the `full` profile's main tables (ranks 2, 4 and 8: `params` unit,
-min_rank 1, uncapped activation), tuned LoRA and senslora each at its best learning rate, the inverse and
+`params` unit, min_rank 0, 2x cap; rank 4: the main job, min_rank 1, uncapped) and, for a variant at a rank
+those lack, the `full` profile's main tables (ranks 2, 4 and 8: `params` unit, min_rank 1, uncapped
+activation), tuned LoRA and senslora each at its best learning rate, the inverse and
 shuffled controls at theirs, and the frozen encoder with its head trained alone; bars are one standard
 deviation over seeds. `budget-smollm2-wiki.png` draws the same for SmolLM2's validation perplexity on the
 Wikipedia beds (`smollm2-wiki` at average rank 8, `smollm2-wiki-r1` at rank 1) as the difference from
@@ -48,8 +49,12 @@ def load(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json")) if p.name != "summary.json"]
 
 
+UNCAPPED_BEDS = {"minilm"}  # the main job's bed: its senslora is the paper's setting, uncapped
+
+
 def variant(result: dict[str, Any]) -> str:
-    """lora, senslora, senslora-uncapped, inverse, shuffled, head-only or base-model."""
+    """lora, senslora, senslora-uncapped, inverse, shuffled, head-only or base-model. `-uncapped` marks a
+    run without the rank cap on a bed whose senslora has one (every bed but `UNCAPPED_BEDS`)."""
     overrides = result["overrides"]
     if "baseline" in overrides:
         return overrides["baseline"].replace("_", "-")
@@ -59,7 +64,8 @@ def variant(result: dict[str, Any]) -> str:
     if method == "senslora":
         estimator = overrides.get("estimator", "activation")
         name = "senslora" if estimator == "activation" else f"senslora-{estimator}"
-        return name + ("-uncapped" if overrides.get("max_rank_factor") == 0 else "")
+        uncapped = overrides.get("max_rank_factor") == 0 and bed_of(result) not in UNCAPPED_BEDS
+        return name + ("-uncapped" if uncapped else "")
     return method
 
 
@@ -249,15 +255,15 @@ def full_profile_variant(result: dict[str, Any]) -> str | None:
 def budget_points(evidence: list[dict[str, Any]], full: list[dict[str, Any]]) -> dict[str, dict[int, list[float]]]:
     """variant -> {average rank: accuracies over seeds}, each variant at its best learning rate per rank.
 
-    The evidence beds give ranks 1 and 2 (min_rank 0, 2x cap); the full profile ranks 2, 4 and 8 (min_rank
-    1, uncapped) where the evidence beds have no rank: its `senslora` points are the paper's setting.
+    The evidence beds give ranks 1 and 2 (min_rank 0, 2x cap) and 4 (min_rank 1, uncapped: the main job);
+    the full profile's rows (min_rank 1, uncapped: the paper's setting) fill in a variant at a rank the
+    evidence beds do not have it, such as rank 8.
     """
     points = family_budget_points(evidence, "minilm")
-    evidence_ranks = {rank for ranks in points.values() for rank in ranks}
     by_cell: dict[tuple[str, int, float], SeedValues] = defaultdict(dict)
     for result in full:
         name, config = full_profile_variant(result), result["config"]
-        if name is None or config["avg_rank"] in evidence_ranks:
+        if name is None or config["avg_rank"] in points.get(name, {}):
             continue
         by_cell[(name, config["avg_rank"], config["learning_rate"])][config["seed"]] = metric_of(result)[1]
     for name, ranks in best_per_rank(by_cell, "accuracy").items():

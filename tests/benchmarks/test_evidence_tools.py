@@ -89,6 +89,20 @@ def test_budget_points_take_each_variant_at_its_best_learning_rate(tools):
     points = summary.budget_points(evidence, full)
     assert points["lora"] == {1: [0.75], 4: [0.79]}
     assert points["senslora"] == {1: [0.74], 4: [0.78]}
+    # the main job's evidence bed (rank 4, uncapped) supersedes the full profile's senslora there, not its LoRA
+    evidence.append(_result("evidence-minilm", sens | {"max_rank_factor": 0}, 0, 1e-3, 0.77, avg_rank=4))
+    points = summary.budget_points(evidence, full)
+    assert points["senslora"] == {1: [0.74], 4: [0.77]}
+    assert points["lora"] == {1: [0.75], 4: [0.79]}
+
+
+def test_uncapped_is_a_variant_except_on_the_main_job_bed(tools):
+    _, summary = tools
+    uncapped = {"method": "senslora", "estimator": "activation", "max_rank_factor": 0}
+    assert summary.variant(_result("evidence-minilm-r1", uncapped, 0, 1e-3, 0.7)) == "senslora-uncapped"
+    assert summary.variant(_result("evidence-minilm", uncapped, 0, 1e-3, 0.7)) == "senslora"
+    fisher = uncapped | {"estimator": "fisher"}
+    assert summary.variant(_result("evidence-smollm2-wiki", fisher, 0, 1e-3, 0.7)) == "senslora-fisher-uncapped"
 
 
 def test_family_budget_points_take_the_lowest_perplexity_lr_across_the_family_beds(tools):
