@@ -18,6 +18,9 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
   `gradient_spectrum` estimators (their default safeguards: head warm-up, 2x cap), PEFT's AdaLoRA (pruned
   to the same average rank) and EVA; listed last, to run once a bed discriminates. (The paper's estimator
   uncapped is not repeated here: at average rank 1 and 2 the 2x cap does not bind on its allocations.)
+- `minilm-r1` allocator sweep: every other allocator (the five estimators and EVA) at lr 4e-3, tuned
+  LoRA's learning rate on this bed, then 1e-3, so that each, like LoRA and senslora, is compared at its
+  own best of 1e-3, 2e-3, 4e-3 (AdaLoRA keeps its 5e-3).
 - `minilm-r1` confirmation: seeds 3, 4, 5 for the two allocators whose mean led tuned LoRA there on the
   first three seeds (`gradient_spectrum` +0.005 ± 0.004 and `kfac` +0.010 ± 0.012), against LoRA at its
   tuned learning rate (4e-3), so each lead is either confirmed or dissolved on six paired seeds.
@@ -61,6 +64,7 @@ MAIN_JOB_SENSLORA = {"method": "senslora", "estimator": "activation", "budget_un
 MAIN_JOB_SENSLORA |= {"avg_rank": 4, "max_rank_factor": 0, "learning_rate": MAIN_JOB_LR}
 MAIN_JOB_LRS = (MAIN_JOB_LR, 2e-3, 4e-3)  # the full profile found 2e-3 best for LoRA here: 4e-3 checks above it
 MINILM_R1_TUNED_LORA_LR = 4e-3  # the best of the sweep for uniform LoRA on minilm-r1 (3 seeds)
+MINILM_R1_ALLOCATOR_SWEEP_LRS = (MINILM_R1_TUNED_LORA_LR, 1e-3)  # the allocators ran at 2e-3 first
 
 OTHER_ESTIMATORS = ("fisher", "hutchinson", "obd", "kfac", "gradient_spectrum")
 ADALORA_LR = 5e-3
@@ -138,6 +142,22 @@ def minilm_confirmation() -> list[Any]:
         for estimator in ("gradient_spectrum", "kfac"):
             overrides = base | {"method": "senslora", "estimator": estimator, "learning_rate": MINILM_CONTROL_LR}
             runs.append((f"{group}-senslora-{estimator}-{_lr(MINILM_CONTROL_LR)}-s{seed}", overrides | {"seed": seed}))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
+def minilm_r1_allocator_sweep() -> list[Any]:
+    """The other allocators on minilm-r1 over the rest of LoRA's sweep: lr 4e-3 (tuned LoRA's) first, then
+    1e-3, per seed every estimator and EVA, so each meets tuned LoRA at its own best learning rate."""
+    group = "evidence-minilm-r1"
+    base = MINILM | LOW_BUDGET | {"avg_rank": 1}
+    runs = []
+    for lr in MINILM_R1_ALLOCATOR_SWEEP_LRS:
+        for seed in SEEDS:
+            at = {"learning_rate": lr, "seed": seed}
+            for estimator in OTHER_ESTIMATORS:
+                overrides = base | {"method": "senslora", "estimator": estimator} | at
+                runs.append((f"{group}-senslora-{estimator}-{_lr(lr)}-s{seed}", overrides))
+            runs.append((f"{group}-eva-{_lr(lr)}-s{seed}", base | {"method": "eva"} | at))
     return [_experiment(name, group, overrides) for name, overrides in runs]
 
 
@@ -249,4 +269,4 @@ def evidence() -> list[Any]:
     allocators = [*minilm_allocators(1), *minilm_allocators(2)]
     allocators += [*smollm2_allocators("wiki"), *smollm2_allocators("hamlet")]
     confirmations = [*minilm_confirmation(), *smollm2_hamlet_confirmation(), *smollm2_wiki_confirmation()]
-    return [*beds, *allocators, *confirmations]
+    return [*beds, *allocators, *confirmations, *minilm_r1_allocator_sweep()]
