@@ -94,9 +94,14 @@ def _lr(value: float) -> str:
     return f"lr{value:g}"
 
 
+def minilm_low_budget(avg_rank: int) -> dict[str, Any]:
+    """The MiniLM main job at a low average rank: `params` unit, min_rank 0, 2x cap."""
+    return MINILM | LOW_BUDGET | {"avg_rank": avg_rank}
+
+
 def minilm_bed(avg_rank: int) -> list[Any]:
     group = f"evidence-minilm-r{avg_rank}"
-    base = MINILM | LOW_BUDGET | {"avg_rank": avg_rank}
+    base = minilm_low_budget(avg_rank)
     senslora = base | {"method": "senslora", "estimator": "activation"}
     runs = []
     for lr in MINILM_LRS:  # the control learning rate first: the discrimination question comes first
@@ -113,14 +118,14 @@ def minilm_bed(avg_rank: int) -> list[Any]:
 
 def minilm_allocators(avg_rank: int) -> list[Any]:
     """The other allocators on a MiniLM low-budget bed, at equal adapter parameters, paired by seed."""
-    base = MINILM | LOW_BUDGET | {"avg_rank": avg_rank}
+    base = minilm_low_budget(avg_rank)
     return allocator_runs(f"evidence-minilm-r{avg_rank}", base, OTHER_ESTIMATORS, MINILM_CONTROL_LR, ADALORA_LR)
 
 
 def allocator_runs(
-    group: str, base: dict[str, Any], estimators: tuple[str, ...], lr: float, adalora_lr: float
+    group: str, base: dict[str, Any], estimators: tuple[str, ...], lr: float, adalora_lr: float | None
 ) -> list[Any]:
-    """Per seed: senslora with each estimator and EVA at `lr`, then AdaLoRA at `adalora_lr`."""
+    """Per seed: senslora with each estimator and EVA at `lr`, then AdaLoRA at `adalora_lr` (None: none)."""
     base = base | {"learning_rate": lr}
     runs = []
     for seed in SEEDS:
@@ -128,15 +133,16 @@ def allocator_runs(
             overrides = base | {"method": "senslora", "estimator": estimator, "seed": seed}
             runs.append((f"{group}-senslora-{estimator}-{_lr(lr)}-s{seed}", overrides))
         runs.append((f"{group}-eva-{_lr(lr)}-s{seed}", base | {"method": "eva", "seed": seed}))
-        adalora = base | {"method": "adalora", "learning_rate": adalora_lr, "seed": seed}
-        runs.append((f"{group}-adalora-{_lr(adalora_lr)}-s{seed}", adalora))
+        if adalora_lr is not None:
+            adalora = base | {"method": "adalora", "learning_rate": adalora_lr, "seed": seed}
+            runs.append((f"{group}-adalora-{_lr(adalora_lr)}-s{seed}", adalora))
     return [_experiment(name, group, overrides) for name, overrides in runs]
 
 
 def minilm_confirmation() -> list[Any]:
     """Seeds 3-5 on minilm-r1: uniform LoRA at its tuned lr, `gradient_spectrum` and `kfac` at the control lr."""
     group = "evidence-minilm-r1"
-    base = MINILM | LOW_BUDGET | {"avg_rank": 1}
+    base = minilm_low_budget(1)
     runs = []
     for seed in CONFIRMATION_SEEDS:
         lora = base | {"method": "lora", "learning_rate": MINILM_R1_TUNED_LORA_LR, "seed": seed}
@@ -150,24 +156,18 @@ def minilm_confirmation() -> list[Any]:
 def minilm_r1_allocator_sweep() -> list[Any]:
     """The other allocators on minilm-r1 over the rest of LoRA's sweep: lr 4e-3 (tuned LoRA's) first, then
     1e-3, per seed every estimator and EVA, so each meets tuned LoRA at its own best learning rate."""
-    group = "evidence-minilm-r1"
-    base = MINILM | LOW_BUDGET | {"avg_rank": 1}
-    runs = []
-    for lr in MINILM_R1_ALLOCATOR_SWEEP_LRS:
-        for seed in SEEDS:
-            at = {"learning_rate": lr, "seed": seed}
-            for estimator in OTHER_ESTIMATORS:
-                overrides = base | {"method": "senslora", "estimator": estimator} | at
-                runs.append((f"{group}-senslora-{estimator}-{_lr(lr)}-s{seed}", overrides))
-            runs.append((f"{group}-eva-{_lr(lr)}-s{seed}", base | {"method": "eva"} | at))
-    return [_experiment(name, group, overrides) for name, overrides in runs]
+    base = minilm_low_budget(1)
+    sweep = [
+        allocator_runs("evidence-minilm-r1", base, OTHER_ESTIMATORS, lr, None) for lr in MINILM_R1_ALLOCATOR_SWEEP_LRS
+    ]
+    return [run for runs in sweep for run in runs]
 
 
 def minilm_r1_hutchinson_confirmation() -> list[Any]:
     """Seeds 3-5 on minilm-r1 for `hutchinson` at lr 4e-3, its best there, ahead of tuned LoRA on seeds 0-2
     (inside the spread): the one estimator that beats tuned LoRA on another bed (`smollm2-wiki`)."""
     group = "evidence-minilm-r1"
-    base = MINILM | LOW_BUDGET | {"avg_rank": 1, "method": "senslora", "estimator": "hutchinson"}
+    base = minilm_low_budget(1) | {"method": "senslora", "estimator": "hutchinson"}
     lr = MINILM_R1_TUNED_LORA_LR
     return [
         _experiment(f"{group}-senslora-hutchinson-{_lr(lr)}-s{seed}", group, base | {"learning_rate": lr, "seed": seed})
