@@ -226,3 +226,13 @@ def test_label_free_calibration_source_for_activation(tiny_bert_dir, sentiment_c
     assert metadata["calibration"]["examples"] == 16 and str(texts) in metadata["calibration"]["source"]
     code, _, err = run_cli([*base, "--output", tmp_path / "f.json", "--estimator", "fisher", "--no-progress"])
     assert code == 2 and "no labels" in err
+
+
+def test_best_checkpoint_is_named_by_step_and_a_two_decimal_epoch(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
+    # 160 rows, 10 % carved for validation: 144 train rows, 9 steps an epoch at batch 16; 2 steps = epoch 2/9.
+    code, out, err = run_cli(
+        ["finetune", "--model", tiny_bert_dir, "--data", sentiment_csv, "--output-dir", tmp_path / "run"]
+        + [*FAST, "--max-steps", "2"]
+    )
+    assert code == 0, err
+    assert "(best at step 2, epoch 0.22)" in out, out

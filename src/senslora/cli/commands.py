@@ -272,8 +272,17 @@ def run_finetune_command(args: argparse.Namespace) -> int:
         metrics = finetune(config)
         if is_main_process():
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics["validation"].items() if k != "loss")
-            print(f"validation {shown} (best epoch {metrics['best_epoch']}); run directory: {config.run_dir()}")
+            print(f"validation {shown} ({best_checkpoint_text(metrics)}); run directory: {config.run_dir()}")
     return 0
+
+
+def best_checkpoint_text(metrics: dict) -> str:
+    """Where the kept adapter was taken: "best at step 40, epoch 0.67" (the epoch to two decimals, since
+    a run cut by --max-steps or evaluated every --eval-steps ends between epochs)."""
+    step, epoch = metrics.get("best_step"), metrics.get("best_epoch")
+    if step is None:
+        return "best epoch unknown" if epoch is None else f"best at epoch {epoch:.2f}"
+    return f"best at step {step}" + ("" if epoch is None else f", epoch {epoch:.2f}")
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
