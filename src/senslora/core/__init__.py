@@ -18,5 +18,6 @@ Imports only `senslora.utils`; knows nothing of fine-tuning, reports or the comm
     spectrum_allocation.py  ranks from gradient singular values
     peft_export.py          Allocation -> peft.LoraConfig(rank_pattern=..., alpha_pattern=...)
     artifacts.py            reading sensitivity.json and ranks.json (their file names, their errors)
+    axolotl.py              an allocation as Axolotl's integer lora_r / alpha / rank and alpha patterns
     serving.py              serving-safe adapters: each module's scale baked into lora_B, one rank for all
 """
