@@ -104,6 +104,7 @@ def allocate_lora_config(
     avg_rank: float | None = None,
     estimator: str = "activation",
     alpha_mode: str = "scale",
+    calibration_tokens: str = "all",
     progress: bool = False,
     seed: int = 0,
     **allocation_options: Any,
@@ -120,6 +121,8 @@ def allocate_lora_config(
         avg_rank: the average rank the budget spends (default: the config's r, uniform LoRA's budget).
         estimator: one of `senslora.ESTIMATORS`.
         alpha_mode: "scale" (every module keeps the config's scale) or "fixed" (alpha kept).
+        calibration_tokens: "all" non-padding tokens, or "completion": only the positions a completion-only
+            loss scores (labels[t + 1] != -100), for instruction batches (activation, obd).
         **allocation_options: passed to `allocate_ranks` (scheme, budget_unit, min_rank, max_rank,
             max_rank_factor, weighting, metrics, num_groups) or, for gradient_spectrum, to
             `allocate_spectrum_ranks`.
@@ -145,7 +148,7 @@ def allocate_lora_config(
         )
     names = peft_target_names(model, lora_config)
     # 1. Sensitivity of exactly the modules PEFT will adapt.
-    options = {"estimator": estimator, "progress": progress, "seed": seed}
+    options = {"estimator": estimator, "progress": progress, "seed": seed, "calibration_tokens": calibration_tokens}
     if run_model is not None:
         runner = _ModelRunner(model, run_model)
         measured = estimate_sensitivity(runner, [{}], target_modules=[f"model.{n}" for n in names], **options)
