@@ -63,6 +63,12 @@ def test_completion_tokens_equal_the_hand_masked_statistic(tiny_llama):
     for name in names:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-6, atol=1e-9)
         assert not torch.allclose(every[name], expected[name], rtol=1e-3)  # the prompt tokens did count before
+    # and the sensitivities built on it: trace S_global = sum of the hand-masked diagonal
+    sensitivities = senslora.estimate_sensitivity(model, batches, calibration_tokens="completion", progress=False)
+    for name in names:
+        assert sensitivities[name].trace == pytest.approx(
+            float(expected[name].sum()), rel=1e-6
+        )  # inputs reduced in float32
     # obd reads the same statistic: W^2 * h with the completion-only h
     obd = obd_diagonals(model, layers[:1], batches, progress=False, calibration_tokens="completion")
     weight = layers[0].weight.detach().double()
