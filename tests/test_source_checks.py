@@ -1,6 +1,6 @@
 """Checks over the package's source: every file is written through senslora.utils.io, and nothing is loaded
 unsafely (no pickle-like import, torch.load only with weights_only=True, no eval/exec, only
-yaml.safe_load, no hard-coded trust_remote_code=True)."""
+yaml.safe_load (and safe_dump), no hard-coded trust_remote_code=True)."""
 
 from __future__ import annotations
 
@@ -109,8 +109,8 @@ def unsafe_loads(where: str, tree: ast.Module) -> list[str]:
             problems.append(f"{at} torch.load without weights_only=True")
         if name in ("eval", "exec", "compile", "__import__"):
             problems.append(f"{at} calls {name}")
-        if name.startswith("yaml.") and name != "yaml.safe_load":
-            problems.append(f"{at} uses {name} (only yaml.safe_load is safe)")
+        if name.startswith("yaml.") and name not in ("yaml.safe_load", "yaml.safe_dump"):
+            problems.append(f"{at} uses {name} (only yaml.safe_load and yaml.safe_dump are safe)")
         if constant.get("trust_remote_code"):
             problems.append(f"{at} hard-codes trust_remote_code=True")
     return problems

@@ -5,6 +5,10 @@ allocation = senslora.allocate_ranks(sensitivities, avg_rank=4)       # integer 
 config = senslora.to_lora_config(allocation, lora_alpha=8)            # a peft.LoraConfig
 model = peft.get_peft_model(model, config)
 
+or, keeping your own LoraConfig (target_modules="all-linear", use_rslora, use_dora, ...):
+
+config = senslora.allocate_lora_config(model, peft.LoraConfig(r=8, target_modules="all-linear"), batches)
+
 The package is four layers over a utility folder; each imports only from the ones below it
 (tests/test_architecture.py keeps it so, and keeps the module imports free of cycles):
 
@@ -20,6 +24,7 @@ This module re-exports the core's public names; importing it needs neither the C
 import senslora.utils._quiet_imports  # noqa: F401  (first: before peft imports bitsandbytes)
 from senslora.core.allocation import DominanceWarning, allocate_ranks
 from senslora.core.allocation_result import Allocation
+from senslora.core.config_allocation import allocate_lora_config
 from senslora.core.fusion import fuse_scores, fusion_weight
 from senslora.core.metrics import (
     ModuleSensitivity,
@@ -41,6 +46,7 @@ __all__ = [
     "DominanceWarning",
     "ModuleSensitivity",
     "__version__",
+    "allocate_lora_config",
     "allocate_ranks",
     "effective_rank_metric",
     "estimate_sensitivity",

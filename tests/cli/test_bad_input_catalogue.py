@@ -340,6 +340,20 @@ CATALOGUE = [
     ("task-unknown", "finetune", ["--task", "translation"], "invalid choice", "parse"),
     ("method-unknown", "finetune", ["--method", "dora"], "invalid choice", "parse"),
     ("estimator-unknown", "finetune", ["--estimator", "oracle"], "invalid choice", "parse"),
+    (
+        "calibration-tokens-completion-loss-estimator",
+        "finetune",
+        ["--calibration-tokens", "completion", "--estimator", "fisher"],
+        "calibration_tokens completion applies to the activation and obd estimators",
+        "early",
+    ),
+    (
+        "calibration-tokens-completion-no-instruction",
+        "sensitivity",
+        ["--calibration-tokens", "completion"],
+        "calibration_tokens completion needs instruction data",
+        "early",
+    ),
     ("metric-unknown", "allocate", ["{sens_ok}", "--metrics", "entropy"], "invalid choice", "parse"),
     (
         "ranks-with-lora",

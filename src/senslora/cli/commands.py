@@ -131,6 +131,7 @@ def _heading(group: type) -> str:
 
 def build_parser() -> ArgumentParser:
     from senslora import __version__
+    from senslora.cli.export_commands import add_export_command
     from senslora.cli.report_commands import add_report_commands
 
     parser = ArgumentParser(
@@ -190,6 +191,7 @@ def build_parser() -> ArgumentParser:
     evaluate.set_defaults(handler=run_evaluate_command)
 
     add_report_commands(subparsers)
+    add_export_command(subparsers)
     return parser
 
 

@@ -17,5 +17,8 @@ Imports only `senslora.utils`; knows nothing of fine-tuning, reports or the comm
     progressive.py          Progressive Rank Allocation: levels one apart over whole groups
     spectrum_allocation.py  ranks from gradient singular values
     peft_export.py          Allocation -> peft.LoraConfig(rank_pattern=..., alpha_pattern=...)
+    config_allocation.py    allocate_lora_config: the user's LoraConfig with rank_pattern / alpha_pattern filled
     artifacts.py            reading sensitivity.json and ranks.json (their file names, their errors)
+    axolotl.py              an allocation as Axolotl's integer lora_r / alpha / rank and alpha patterns
+    serving.py              serving-safe adapters: each module's scale baked into lora_B, one rank for all
 """

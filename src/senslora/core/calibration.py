@@ -97,12 +97,40 @@ def calibration_batches(
     yield from tqdm(limited, total=total, desc=description, disable=not progress, leave=False)
 
 
+CALIBRATION_TOKENS = ("all", "completion")
+IGNORE_INDEX = -100
+
+
 def token_mask(batch: Batch) -> torch.Tensor | None:
     """The non-padding mask (attention_mask != 0) of a batch, or None if it has none."""
     mask = batch.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.dim() == 2:
         return mask != 0
     return None
+
+
+def completion_mask(batch: Batch) -> torch.Tensor:
+    """(batch, seq) positions the causal-LM loss scores: t counts iff labels[t + 1] != -100 (and t is not padding).
+
+    A causal LM predicts token t + 1 from position t, so these are the positions whose outputs training's
+    completion-only loss is computed on (for instruction data: the last prompt token up to the one before
+    the last completion token).
+
+    Raises:
+        ValueError: the batch has no (batch, seq) token labels.
+    """
+    labels, input_ids = batch.get("labels"), batch.get("input_ids")
+    if not (isinstance(labels, torch.Tensor) and labels.dim() == 2):
+        raise ValueError(
+            "calibration_tokens='completion' needs token labels (batch, seq) with -100 on prompt tokens; this batch "
+            "has none (use calibration_tokens='all')"
+        )
+    if isinstance(input_ids, torch.Tensor) and tuple(input_ids.shape) != tuple(labels.shape):
+        raise ValueError(f"labels {tuple(labels.shape)} and input_ids {tuple(input_ids.shape)} differ in shape")
+    mask = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)  # (batch, seq)
+    mask[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    padding = token_mask(batch)
+    return mask & padding.to(mask.device) if padding is not None else mask
 
 
 def batch_size(batch: Batch) -> int:

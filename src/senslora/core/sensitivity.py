@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from senslora.core.calibration import Batch, LossFn
+from senslora.core.calibration import CALIBRATION_TOKENS, Batch, LossFn
 from senslora.core.estimators import (
     activation_diagonals,
     fisher_diagonals,
@@ -42,6 +42,7 @@ def estimate_sensitivity(
     seed: int = 0,
     progress: bool = True,
     accumulator_device: torch.device | str | None = None,
+    calibration_tokens: str = "all",
 ) -> dict[str, ModuleSensitivity]:
     """Measure how sensitive the loss is to each target weight matrix on calibration batches.
 
@@ -63,6 +64,10 @@ def estimate_sensitivity(
         seed: seed of the Hutchinson probes.
         progress: show a progress bar over batches.
         accumulator_device: where accumulators live (e.g. "cpu" to offload); default the model's device.
+        calibration_tokens: forward-only estimators (activation, obd): "all" non-padding tokens, or
+            "completion", only the positions a completion-only loss scores (labels[t + 1] != -100), as the
+            loss-based estimators count them on instruction data. The loss-based ones take "all" only: their
+            loss already leaves the prompt out.
 
     Returns:
         ModuleSensitivity per target module, keyed by full module name, in model order.
@@ -77,17 +82,24 @@ def estimate_sensitivity(
     topk_count(1, topk_fraction)  # validates the range
     if not 0.0 < energy_threshold <= 1.0:
         raise ValueError(f"energy_threshold must lie in (0, 1], got {energy_threshold}")
+    if calibration_tokens not in CALIBRATION_TOKENS:
+        raise ValueError(f"unknown calibration_tokens {calibration_tokens!r}; allowed: {', '.join(CALIBRATION_TOKENS)}")
+    if calibration_tokens != "all" and estimator not in ("activation", "obd"):
+        raise ValueError(
+            f"calibration_tokens={calibration_tokens!r} applies to the forward-only estimators (activation, obd); "
+            f"the {estimator} estimator's loss already leaves out what the labels mask"
+        )
     # One pass over the batches with the chosen estimator: a diagonal per target layer (d_in entries for
     # `activation`, d_in * d_out for the weight-level ones, min(d_in, d_out) for `gradient_spectrum`).
     layers = find_target_layers(model, target_modules)
     common = {"max_batches": max_batches, "progress": progress, "accumulator_device": accumulator_device}
     spectra: dict[str, torch.Tensor] = {}
     if estimator == "activation":
-        diagonals = activation_diagonals(model, layers, batches, **common)
+        diagonals = activation_diagonals(model, layers, batches, calibration_tokens=calibration_tokens, **common)
     elif estimator == "fisher":
         diagonals = fisher_diagonals(model, layers, batches, per_example=per_example, loss_fn=loss_fn, **common)
     elif estimator == "obd":
-        diagonals = obd_diagonals(model, layers, batches, **common)
+        diagonals = obd_diagonals(model, layers, batches, calibration_tokens=calibration_tokens, **common)
     elif estimator == "kfac":
         diagonals = kfac_diagonals(model, layers, batches, loss_fn=loss_fn, **common)
     elif estimator == "gradient_spectrum":

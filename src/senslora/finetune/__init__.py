@@ -29,4 +29,5 @@ Imports `senslora.core` and `senslora.utils`; knows nothing of reports or the co
     run_directory.py     when a run directory may be written, resumed or replaced; the adapter's sidecar
     pipeline.py          prepare -> sensitivity -> allocation -> train -> evaluate, as one run directory
     saved_adapter.py     evaluating a saved adapter loaded with stock PEFT, after checks that it fits
+    export.py            a ranks.json or finished run as a LoraConfig, adapter, Axolotl fragment or merged model
 """

@@ -39,6 +39,8 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 TASKS = ("classification", "regression", "causal_lm", "instruction")
 
 CALIBRATION_UNITS = ("blocks", "texts")  # what calibration_examples counts on causal_lm data
+CALIBRATION_TOKEN_CHOICES = ("auto", "completion", "all")  # which tokens the forward-only estimators count
+FORWARD_ONLY_ESTIMATORS = ("activation", "obd")
 # Safeguard of the loss-based estimators against a freshly initialised task head, on unless set explicitly
 # (chosen by the head benchmark in BENCHMARKS.md).
 LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
@@ -54,6 +56,22 @@ def effective_head_warmup_steps(steps: int | None, estimator: str, task: str) ->
     if steps is not None:
         return steps
     return DEFAULT_HEAD_WARMUP_STEPS if task in ("classification", "regression") else 0
+
+
+def effective_calibration_tokens(choice: str, estimator: str, task: str) -> str:
+    """The core's calibration_tokens: "completion" for auto on instruction data with a forward-only
+    estimator, else "all"; an explicit "completion" on other data is refused.
+
+    Raises:
+        ValueError: calibration_tokens completion on data without a completion (not an instruction task).
+    """
+    if choice == "completion" and task != "instruction":
+        raise ValueError(
+            f"calibration_tokens completion needs instruction data (prompt and response), not a {task} task"
+        )
+    if choice == "auto":
+        return "completion" if task == "instruction" and estimator in FORWARD_ONLY_ESTIMATORS else "all"
+    return choice
 
 
 def effective_max_rank_factor(factor: float | None) -> float | None:
@@ -118,6 +136,13 @@ class CalibrationOptions:
         choices=CALIBRATION_UNITS,
     )
     calibration_batch_size: int = option(16, "calibration batch size")
+    calibration_tokens: str = option(
+        "auto",
+        "tokens the activation and obd estimators count: completion = only those the completion-only loss "
+        "scores (instruction data, as training and the loss-based estimators), all = every non-padding token; "
+        "auto = completion for instruction data, else all (default: auto)",
+        choices=CALIBRATION_TOKEN_CHOICES,
+    )
     estimator: str = option("activation", "Hessian-diagonal estimator", choices=ESTIMATORS)
     target_modules: list[str] | None = option(
         None, "target layers: names or suffixes (default: every Linear/Conv1D except the output head)"
@@ -153,6 +178,11 @@ class CalibrationOptions:
         rate = self.head_warmup_learning_rate
         if rate is not None and not rate > 0:
             raise ValueError(f"head_warmup_learning_rate must be a positive number, got {rate}")
+        if self.calibration_tokens == "completion" and self.estimator not in FORWARD_ONLY_ESTIMATORS:
+            raise ValueError(
+                f"calibration_tokens completion applies to the activation and obd estimators; the {self.estimator} "
+                "estimator's loss already counts only the completion"
+            )
         if self.target_modules is not None and self.target_regex is not None:
             raise ValueError("give target_modules or target_regex, not both")
         if self.target_modules is not None and not self.target_modules:

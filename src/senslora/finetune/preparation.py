@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from senslora.core.targets import find_target_layers
-from senslora.finetune.config import RunConfig
+from senslora.finetune.config import RunConfig, effective_calibration_tokens
 from senslora.finetune.data import (
     DataSpec,
     TaskData,
@@ -71,10 +71,13 @@ class Prepared:
 
 
 def load_data(config: RunConfig) -> TaskData:
-    """The run's training and validation data, after the cheap checks of device and model name."""
+    """The run's training and validation data, after the cheap checks of device and model name; then the
+    check that --calibration-tokens suits its task (before any model is loaded)."""
     resolve_device(config.device)
     check_model_name(config.model)
-    return load_task_data(data_spec(config))
+    data = load_task_data(data_spec(config))
+    effective_calibration_tokens(config.calibration_tokens, config.estimator, data.task)
+    return data
 
 
 def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:

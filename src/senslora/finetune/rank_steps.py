@@ -20,6 +20,7 @@ from torch import nn
 from senslora.core.allocation import allocate_ranks
 from senslora.core.allocation_result import Allocation
 from senslora.core.budget import check_budget_fits, effective_max_rank
+from senslora.core.calibration import completion_mask
 from senslora.core.metrics import ModuleSensitivity
 from senslora.core.sensitivity import estimate_sensitivity
 from senslora.core.spectrum_allocation import allocate_spectrum_ranks
@@ -27,6 +28,7 @@ from senslora.core.targets import layer_shape
 from senslora.finetune.config import (
     AllocationOptions,
     RunConfig,
+    effective_calibration_tokens,
     effective_head_warmup_steps,
     effective_max_rank_factor,
 )
@@ -45,6 +47,7 @@ def run_sensitivity(
     config: RunConfig, prepared: Prepared, batches: list[dict[str, torch.Tensor]]
 ) -> tuple[dict[str, ModuleSensitivity], dict[str, Any]]:
     """Sensitivity per module and the metadata recorded next to it (estimator, calibration, timing)."""
+    tokens = effective_calibration_tokens(config.calibration_tokens, config.estimator, prepared.data.task)
     warmup: dict[str, Any] = {"steps": 0}
     warmup_steps = effective_head_warmup_steps(config.head_warmup_steps, config.estimator, prepared.data.task)
     warmed = warmup_steps > 0
@@ -73,6 +76,7 @@ def run_sensitivity(
         per_example=config.per_example,
         seed=config.seed,
         progress=config.progress,
+        calibration_tokens=tokens,
     )
     seconds = time.perf_counter() - start
     if warmed:
@@ -94,6 +98,10 @@ def run_sensitivity(
             "examples": sum(int(b["input_ids"].shape[0]) for b in batches),
             "batches": len(batches),
             "tokens": sum(int(b["attention_mask"].sum()) for b in batches),
+            "calibration_tokens": tokens,
+            "counted_tokens": sum(
+                int((completion_mask(b) if tokens == "completion" else b["attention_mask"] != 0).sum()) for b in batches
+            ),
             "max_length": config.max_length,
             "seed": config.seed,
             "processes": world_size(),

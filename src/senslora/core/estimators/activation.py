@@ -5,8 +5,10 @@ X = the layer's calibration inputs (d_in x N tokens). Its diagonal, normalised b
 
     h_jj = (2 / N) * sum_n x_{j,n}^2
 
-N counts non-padding tokens over all batches (attention_mask != 0); a layer whose input has no token
-axis (BERT's pooler) counts one row per example. One no-grad forward per batch. Each batch is
+N counts non-padding tokens over all batches (attention_mask != 0), or with calibration_tokens="completion"
+only the positions the completion-only loss scores (labels[t + 1] != -100, `completion_mask`), as the
+loss-based estimators and training count them; a layer whose input has no token axis (BERT's pooler)
+counts one row per example. One no-grad forward per batch. Each batch is
 reduced in the input's precision, at least float32 (so float64 for a float64 model, float32 for
 float32, bfloat16 and float16 ones), and the batches are summed in float64.
 """
@@ -19,10 +21,12 @@ import torch
 from torch import nn
 
 from senslora.core.calibration import (
+    CALIBRATION_TOKENS,
     Batch,
     all_reduce_sum,
     calibration_batches,
     check_finite,
+    completion_mask,
     model_device,
     move_batch,
     preserved_model_state,
@@ -93,12 +97,20 @@ def activation_diagonals(
     max_batches: int | None = None,
     progress: bool = True,
     accumulator_device: torch.device | str | None = None,
+    calibration_tokens: str = "all",
 ) -> dict[str, torch.Tensor]:
     """h = (2/N) * sum_n x_n^2 per input channel of every layer (float64, CPU; see the module docstring).
 
+    Args:
+        calibration_tokens: "all" non-padding tokens, or "completion": only the positions the
+            completion-only loss scores (batches need (batch, seq) labels with -100 on the prompt).
+
     Raises:
-        ValueError: no batches, no non-padding token, or NaN/inf inputs (naming the module).
+        ValueError: an unknown calibration_tokens, batches without token labels for "completion", no
+            batches, no counted token, or NaN/inf inputs (naming the module).
     """
+    if calibration_tokens not in CALIBRATION_TOKENS:
+        raise ValueError(f"unknown calibration_tokens {calibration_tokens!r}; allowed: {', '.join(CALIBRATION_TOKENS)}")
     device = model_device(model)
     state = _InputSquares(layers, torch.device(accumulator_device) if accumulator_device else device)
     seen = torch.zeros((), dtype=torch.float64)  # () batches this process ran
@@ -110,7 +122,7 @@ def activation_diagonals(
             batches, max_batches=max_batches, progress=progress, description="activation sensitivity"
         ):
             batch = move_batch(batch, device)
-            state.new_batch(token_mask(batch))
+            state.new_batch(completion_mask(batch) if calibration_tokens == "completion" else token_mask(batch))
             model(**batch)
             seen += 1
     # Reduce before any check, so that a process with an empty shard still joins every collective call.

@@ -49,6 +49,7 @@ def obd_diagonals(
     max_batches: int | None = None,
     progress: bool = True,
     accumulator_device: torch.device | str | None = None,
+    calibration_tokens: str = "all",
 ) -> dict[str, torch.Tensor]:
     """s_oj = W_oj^2 * h_jj per weight element of every layer, flattened row-major from (d_out, d_in) (CPU).
 
@@ -58,7 +59,13 @@ def obd_diagonals(
     """
     check_float_weights(layers, "obd")
     inputs = activation_diagonals(
-        model, layers, batches, max_batches=max_batches, progress=progress, accumulator_device=accumulator_device
+        model,
+        layers,
+        batches,
+        max_batches=max_batches,
+        progress=progress,
+        accumulator_device=accumulator_device,
+        calibration_tokens=calibration_tokens,
     )
     saliencies: dict[str, torch.Tensor] = {}
     for layer in layers:
