@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from senslora.finetune.model_loading import LoadSettings
 from senslora.utils.io import atomic_directory
 
 MODEL_ALIASES = {
@@ -207,10 +208,12 @@ def load_model_and_tokenizer(
     task: str,
     *,
     num_labels: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    settings: LoadSettings | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Load the model for `task` and its tokenizer; the tokenizer gets a pad token if it has none.
+
+    `settings`: dtype, quantization and placement of the weights (default: float32, unquantized, not placed).
 
     Raises:
         ValueError: unknown task, missing path, or a model that cannot be loaded (e.g. offline).
@@ -220,7 +223,8 @@ def load_model_and_tokenizer(
     if task not in SEQUENCE_TASKS + GENERATIVE_TASKS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(SEQUENCE_TASKS + GENERATIVE_TASKS)}")
     location = resolve_model(name_or_path)
-    options: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    options: dict[str, Any] = {**(settings or LoadSettings()).from_pretrained_options()}
+    options["trust_remote_code"] = trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
         if task in SEQUENCE_TASKS:

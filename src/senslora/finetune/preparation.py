@@ -26,12 +26,19 @@ from senslora.finetune.data import (
 )
 from senslora.finetune.environment import resolve_device
 from senslora.finetune.methods import get_method
+from senslora.finetune.model_loading import (
+    LoadSettings,
+    check_bitsandbytes,
+    parse_max_memory,
+    resolve_dtype,
+)
 from senslora.finetune.models import (
     GENERATIVE_TASKS,
     check_max_length,
     check_model_name,
     encoder_model_type,
     load_model_and_tokenizer,
+    read_model_config,
 )
 from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 from senslora.utils.distributed import (
@@ -68,13 +75,43 @@ class Prepared:
     model: nn.Module
     tokenizer: Any
     device: torch.device
+    loading: dict[str, Any] | None = None  # LoadSettings.describe(): dtype, quantization, placement
 
 
 def load_data(config: RunConfig) -> TaskData:
-    """The run's training and validation data, after the cheap checks of device and model name."""
-    resolve_device(config.device)
-    check_model_name(config.model)
+    """The run's training and validation data, after the cheap checks of device, dtype, quantization
+    and model name."""
+    load_settings(config, resolve_device(config.device))
     return load_task_data(data_spec(config))
+
+
+# Heads a sequence task adds on top of a base model: new weights, trained in full, kept unquantized.
+SEQUENCE_HEADS = ("classifier", "score", "pre_classifier", "lm_head")
+
+
+def load_settings(config: RunConfig, device: torch.device, task: str | None = None) -> LoadSettings:
+    """How to load the run's model on `device`, from the options and config.json alone (no weights).
+
+    Raises:
+        ValueError: float16 on the CPU, quantization without bitsandbytes, a missing model path.
+    """
+    check_model_name(config.model)
+    model_config = read_model_config(config.model, trust_remote_code=config.trust_remote_code)
+    dtype = resolve_dtype(config.model_dtype, device, model_config)
+    check_bitsandbytes(config.quantization)
+    device_map: str | dict[str, Any] | None = None
+    if config.device_map != "none":
+        device_map = config.device_map
+    elif config.quantization != "none":
+        device_map = {"": str(device)}  # bitsandbytes quantizes while loading, onto the one device
+    return LoadSettings(
+        dtype=dtype,
+        quantization=config.quantization,
+        device_map=device_map,
+        max_memory=parse_max_memory(config.max_memory) if config.max_memory else None,
+        offload_folder=config.offload_folder,
+        keep_unquantized=SEQUENCE_HEADS if task in ("classification", "regression") else None,
+    )
 
 
 def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
@@ -94,15 +131,22 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
     if data is None:
         data = load_task_data(data_spec(config))
     check_task_fits_model(config, data)
+    settings = load_settings(config, device, data.task)
     torch.manual_seed(config.seed)
     with main_process_first():  # a model converted into the cache is converted once
         model, tokenizer = load_model_and_tokenizer(
-            config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
+            config.model,
+            data.task,
+            num_labels=data.num_labels,
+            settings=settings,
+            trust_remote_code=config.trust_remote_code,
         )
     check_max_length(model, config.max_length)
     if config.targets is not None and not (get_method(config.method).uses_allocation and config.ranks):
         find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
-    return Prepared(data, model.to(device), tokenizer, device)
+    if not settings.placed:
+        model = model.to(device)
+    return Prepared(data, model, tokenizer, device, settings.describe())
 
 
 def check_task_fits_model(config: RunConfig, data: TaskData) -> None:
