@@ -133,6 +133,7 @@ def test_offloaded_model_gives_the_in_memory_sensitivities(run_cli, tiny_llama_d
         assert code == 0, err
         results[name] = json.loads(output.read_text())
     assert results["offload"]["model_loading"]["device_map"] == "auto"
+    assert "disk" in results["offload"]["model_loading"]["placement"]  # the command's own model was offloaded
     assert results["offload"]["model_loading"]["max_memory"] == {"cpu": weights // 3}
     for memory, offload in zip(results["memory"]["modules"], results["offload"]["modules"], strict=True):
         assert memory["name"] == offload["name"]

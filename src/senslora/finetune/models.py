@@ -141,11 +141,14 @@ def check_max_length(model: torch.nn.Module, max_length: int) -> None:
 def read_model_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any | None:
     """The model's configuration from its config.json alone (no weights), or None if it cannot be read.
 
-    None for `smollm2` (its config comes out of the GGUF conversion; it is a decoder) and for anything
-    AutoConfig cannot read: the model loader then reports the problem with its full context.
+    None for `smollm2` before its first conversion (its config comes out of the GGUF file; it is a decoder),
+    and for anything AutoConfig cannot read: the model loader then reports the problem with its full context.
     """
     if name_or_path == "smollm2":
-        return None
+        cached = cache_root() / "smollm2-135m-instruct"
+        if not (cached / "config.json").exists():
+            return None
+        name_or_path = str(cached)
     from transformers import AutoConfig
 
     try:

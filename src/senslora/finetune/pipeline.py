@@ -38,7 +38,13 @@ from senslora.finetune.methods import (
     uniform_lora_adapter_parameters,
 )
 from senslora.finetune.model_loading import is_quantized
-from senslora.finetune.preparation import calibration_batches, load_calibration_data, load_data, prepare
+from senslora.finetune.preparation import (
+    calibration_batches,
+    load_calibration_data,
+    load_data,
+    memory_plan,
+    prepare,
+)
 from senslora.finetune.rank_steps import check_allocation_fits, check_ranks_fit, run_allocation, run_sensitivity
 from senslora.finetune.run_directory import (
     FINISHED_MARKER,
@@ -124,6 +130,9 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         check_trl_available()
     calibrate = method.needs_calibration(has_ranks=allocation is not None)
     calibration_data = load_calibration_data(config, data) if calibrate else None
+    plan = memory_plan(config, data, training=True)  # from config.json alone, before any weights
+    if plan is not None and main:
+        print(plan.text(training=True))
     prepared = prepare(config, data)
     if allocation is not None and method.uses_allocation:
         check_allocation_fits(prepared.model, allocation, ranks_source)

@@ -7,6 +7,7 @@ task suits the model is read from its config.json before any weights are loaded.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,13 @@ from senslora.finetune.data import (
     load_task_data,
 )
 from senslora.finetune.environment import resolve_device
+from senslora.finetune.memory_plan import (
+    MemoryPlan,
+    check_plan_fits,
+    empty_model,
+    free_device_memory,
+    plan_memory,
+)
 from senslora.finetune.methods import get_method
 from senslora.finetune.model_loading import (
     LoadSettings,
@@ -146,7 +154,36 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
         find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
     if not settings.placed:
         model = model.to(device)
-    return Prepared(data, model, tokenizer, device, settings.describe())
+    loading = settings.describe()
+    if config.device_map != "none":  # where Accelerate put the modules: {"cpu": 12, "disk": 20, ...}
+        device_map = getattr(model, "hf_device_map", None) or {"": next(model.parameters()).device}
+        loading["placement"] = dict(Counter(str(where) for where in device_map.values()))
+    return Prepared(data, model, tokenizer, device, loading)
+
+
+def memory_plan(config: RunConfig, data: TaskData, *, training: bool) -> MemoryPlan | None:
+    """The run's memory plan from config.json alone (None if the config cannot be read before loading),
+    refused when the device's free memory is known to be too small and nothing is offloaded.
+
+    Raises:
+        ValueError: the weights (and, `training`, the adapter's training state) exceed the free memory
+            of a CUDA device, without --device-map.
+    """
+    device = resolve_device(config.device)
+    if is_distributed() and device.type == "cuda" and device.index is None:
+        device = local_device()
+    model_config = read_model_config(config.model, trust_remote_code=config.trust_remote_code)
+    if model_config is None:
+        return None
+    settings = load_settings(config, device, data.task)
+    try:
+        empty = empty_model(model_config, data.task, data.num_labels)
+        plan = plan_memory(empty, settings, config.avg_rank, config.targets)
+    except Exception:  # an architecture transformers cannot build from its config: the loader says why
+        return None
+    if config.device_map == "none":
+        check_plan_fits(plan, device, free_device_memory(device), training=training)
+    return plan
 
 
 def check_task_fits_model(config: RunConfig, data: TaskData) -> None:
