@@ -139,3 +139,14 @@ def test_offloaded_model_gives_the_in_memory_sensitivities(run_cli, tiny_llama_d
         assert memory["name"] == offload["name"]
         for key in ("trace", "topk", "effective_rank"):
             assert offload[key] == pytest.approx(memory[key], rel=1e-5), (memory["name"], key)
+
+
+@pytest.mark.parametrize(("method", "steps"), [("lora", 2), ("eva", 2), ("adalora", 10)])
+def test_baselines_train_on_an_nf4_base(method, steps, run_cli, tiny_llama_dir, word_text, tmp_path):
+    run = tmp_path / "run"
+    argv = ["finetune", "--model", tiny_llama_dir, "--data", word_text, "--quantization", "nf4", "--method", method]
+    code, _, err = run_cli([*argv, "--max-steps", steps, *FAST, "--output-dir", run])
+    assert code == 0, err
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == ("ADALORA" if method == "adalora" else "LORA")
+    assert json.loads((run / "adapter" / "senslora.json").read_text())["model_loading"]["quantization"] == "nf4"
