@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -53,12 +55,18 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert completed.returncode == 0, completed.stdout + completed.stderr
     rows = json.loads(output.read_text())["rows"]
     assert [row["workload"] for row in rows] == [
-        "sensitivity activation",
-        "sensitivity fisher",
-        "sensitivity hutchinson",
+        "no-grad forward (bf16)",
+        "sensitivity activation (bf16)",
+        "sensitivity fisher (bf16)",
+        "sensitivity hutchinson (bf16)",
         "finetune bf16 (2 steps)",
+        "finetune nf4 (2 steps)",
     ]
     assert all(row["seconds"] > 0 and row["peak_memory_mb"] > 0 for row in rows)
+    activation = rows[1]
+    assert activation["ratio_to_forward"] == activation["seconds"] / rows[0]["seconds"]
+    # the paper's 25.78 s on 8.03 B parameters, scaled to MiniLM's 22.7 M
+    assert activation["paper_yardstick_seconds"] == pytest.approx(25.78 * 22.7e6 / 8.03e9, rel=0.01)
 
 
 def test_adapter_update_norms_match_peft_delta_weights(tmp_path, benchmark_module):

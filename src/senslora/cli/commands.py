@@ -221,7 +221,13 @@ def _check_output_file(path: Path, overwrite: bool) -> None:
 
 def run_sensitivity_command(args: argparse.Namespace) -> int:
     from senslora.core.metrics import sensitivities_to_json
-    from senslora.finetune.preparation import calibration_batches, load_calibration_data, load_data, prepare
+    from senslora.finetune.preparation import (
+        calibration_batches,
+        load_calibration_data,
+        load_data,
+        memory_plan,
+        prepare,
+    )
     from senslora.finetune.rank_steps import run_sensitivity
     from senslora.utils.distributed import is_main_process, process_group
     from senslora.utils.io import atomic_write_text
@@ -235,6 +241,9 @@ def run_sensitivity_command(args: argparse.Namespace) -> int:
         main = is_main_process()
         if not main:
             config = replace(config, progress=False)
+        plan = memory_plan(config, data, training=False)  # from config.json alone, before any weights
+        if plan is not None and main:
+            print(plan.text(training=False))
         prepared = prepare(config, data)
         batches = calibration_batches(config, prepared, calibration_data)
         sensitivities, metadata = run_sensitivity(config, prepared, batches)

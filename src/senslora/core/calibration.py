@@ -71,8 +71,12 @@ def eval_mode_keeping_checkpointing(model: nn.Module) -> int:
 
 
 def model_device(model: nn.Module) -> torch.device:
-    """Device of the model's first parameter (CPU for a model without parameters)."""
-    first = next(model.parameters(), None)
+    """Device of the model's first parameter that holds data (CPU for a model without any).
+
+    Parameters offloaded by Accelerate's big-model inference sit on the meta device between forward
+    passes (their hooks load them where they run), so those are skipped.
+    """
+    first = next((p for p in model.parameters() if p.device.type != "meta"), None)
     return first.device if first is not None else torch.device("cpu")
 
 

@@ -32,6 +32,13 @@ from senslora.core.budget import DEFAULT_MAX_RANK_FACTOR
 from senslora.core.peft_export import ALPHA_MODES
 from senslora.core.sensitivity import ESTIMATORS
 from senslora.finetune.methods import METHODS, get_method
+from senslora.finetune.model_loading import (
+    DEVICE_MAPS,
+    MODEL_DTYPES,
+    QUANTIZATIONS,
+    check_offload_folder,
+    parse_max_memory,
+)
 from senslora.finetune.options import MAX_INT, check_field_values, default_of, option
 from senslora.finetune.training import TrainingConfig
 
@@ -45,6 +52,9 @@ FORWARD_ONLY_ESTIMATORS = ("activation", "obd")
 # (chosen by the head benchmark in BENCHMARKS.md).
 LOSS_BASED_ESTIMATORS = ("fisher", "hutchinson", "kfac", "gradient_spectrum")
 DEFAULT_HEAD_WARMUP_STEPS = 50
+# Estimators that only run forward passes: the ones that work on a quantized or offloaded base.
+DEVICE_MAP_ESTIMATORS = ("activation",)
+QUANTIZED_ESTIMATORS = ("activation",)
 DEFAULT_LEARNING_RATE = default_of({item.name: item for item in fields(TrainingConfig)}["learning_rate"])
 
 
@@ -84,6 +94,18 @@ class DataOptions:
     """Where the examples come from and how they are cut: model, data source, columns, sizes."""
 
     model: str = option("minilm", "model: a short name (minilm, smollm2), a local directory or a hub id")
+    model_dtype: str = option(
+        "auto",
+        "dtype of the base model's weights (auto: the checkpoint's own on an accelerator, float32 on the CPU); "
+        "adapters and sensitivity accumulators stay float32",
+        choices=MODEL_DTYPES,
+    )
+    quantization: str = option(
+        "none",
+        "load the base model quantized with bitsandbytes: nf4 (QLoRA 4-bit) or int8; sensitivity then needs "
+        "the activation estimator",
+        choices=QUANTIZATIONS,
+    )
     data: str = option(
         "rotten_tomatoes",
         "data: an offline name (rotten_tomatoes, wikipedia, convention_speeches, hamlet), a GLUE task "
@@ -164,6 +186,16 @@ class CalibrationOptions:
         f"{DEFAULT_LEARNING_RATE:g} unless given)",
     )
     restore_warmed_head: bool = option(False, "after the sensitivity pass, put back the head as it was before warm-up")
+    device_map: str = option(
+        "none",
+        "sensitivity only: place the model with Accelerate's big-model inference (auto: GPUs, then CPU, then "
+        "disk, within --max-memory); activation estimator",
+        choices=DEVICE_MAPS,
+    )
+    max_memory: str | None = option(
+        None, "with --device-map: memory per device, e.g. 'cuda:0=20GiB,cpu=30GiB' (units B, KB, MB, GB, KiB, MiB, GiB)"
+    )
+    offload_folder: str | None = option(None, "with --device-map: folder for the weights offloaded to disk")
 
     def validate(self) -> None:
         """Raise ValueError naming the first calibration option out of range."""
@@ -187,6 +219,18 @@ class CalibrationOptions:
             raise ValueError("give target_modules or target_regex, not both")
         if self.target_modules is not None and not self.target_modules:
             raise ValueError("target_modules must name at least one module")
+        if self.device_map == "none" and (self.max_memory is not None or self.offload_folder is not None):
+            raise ValueError("--max-memory and --offload-folder need --device-map auto")
+        if self.device_map != "none" and self.estimator not in DEVICE_MAP_ESTIMATORS:
+            raise ValueError(
+                f"--device-map works with the {' and '.join(DEVICE_MAP_ESTIMATORS)} estimator only (forward passes "
+                f"through offloaded layers); {self.estimator} needs gradients of every weight: load the model "
+                "without --device-map"
+            )
+        if self.max_memory is not None:
+            parse_max_memory(self.max_memory)
+        if self.offload_folder is not None:
+            check_offload_folder(self.offload_folder)
         if self.target_regex is not None:
             try:
                 re.compile(self.target_regex)
@@ -329,6 +373,12 @@ class RunConfig(
         check_field_values(self)
         for group in OPTION_GROUPS:
             group.validate(self)
+        calibrates = get_method(self.method).uses_allocation and self.ranks is None
+        if self.quantization != "none" and self.estimator not in QUANTIZED_ESTIMATORS and calibrates:
+            raise ValueError(
+                f"--quantization {self.quantization} works with the activation estimator only: {self.estimator} "
+                "needs gradients of full-precision weights (compute ranks on an unquantized copy and pass --ranks)"
+            )
 
     @property
     def alpha(self) -> float:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from senslora.finetune.model_loading import LoadSettings
 from senslora.utils.io import atomic_directory
 
 MODEL_ALIASES = {
@@ -140,11 +141,14 @@ def check_max_length(model: torch.nn.Module, max_length: int) -> None:
 def read_model_config(name_or_path: str, *, trust_remote_code: bool = False) -> Any | None:
     """The model's configuration from its config.json alone (no weights), or None if it cannot be read.
 
-    None for `smollm2` (its config comes out of the GGUF conversion; it is a decoder) and for anything
-    AutoConfig cannot read: the model loader then reports the problem with its full context.
+    None for `smollm2` before its first conversion (its config comes out of the GGUF file; it is a decoder),
+    and for anything AutoConfig cannot read: the model loader then reports the problem with its full context.
     """
     if name_or_path == "smollm2":
-        return None
+        cached = cache_root() / "smollm2-135m-instruct"
+        if not (cached / "config.json").exists():
+            return None
+        name_or_path = str(cached)
     from transformers import AutoConfig
 
     try:
@@ -207,10 +211,12 @@ def load_model_and_tokenizer(
     task: str,
     *,
     num_labels: int | None = None,
-    dtype: torch.dtype = torch.float32,
+    settings: LoadSettings | None = None,
     trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Load the model for `task` and its tokenizer; the tokenizer gets a pad token if it has none.
+
+    `settings`: dtype, quantization and placement of the weights (default: float32, unquantized, not placed).
 
     Raises:
         ValueError: unknown task, missing path, or a model that cannot be loaded (e.g. offline).
@@ -220,7 +226,8 @@ def load_model_and_tokenizer(
     if task not in SEQUENCE_TASKS + GENERATIVE_TASKS:
         raise ValueError(f"unknown task {task!r}; allowed: {', '.join(SEQUENCE_TASKS + GENERATIVE_TASKS)}")
     location = resolve_model(name_or_path)
-    options: dict[str, Any] = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    options: dict[str, Any] = {**(settings or LoadSettings()).from_pretrained_options()}
+    options["trust_remote_code"] = trust_remote_code
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
         if task in SEQUENCE_TASKS:

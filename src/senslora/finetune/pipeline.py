@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import prepare_model_for_kbit_training
 from torch import nn
 
 from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, load_ranks_file, load_sensitivity_file
@@ -36,7 +37,14 @@ from senslora.finetune.methods import (
     target_shapes,
     uniform_lora_adapter_parameters,
 )
-from senslora.finetune.preparation import calibration_batches, load_calibration_data, load_data, prepare
+from senslora.finetune.model_loading import is_quantized
+from senslora.finetune.preparation import (
+    calibration_batches,
+    load_calibration_data,
+    load_data,
+    memory_plan,
+    prepare,
+)
 from senslora.finetune.rank_steps import check_allocation_fits, check_ranks_fit, run_allocation, run_sensitivity
 from senslora.finetune.run_directory import (
     FINISHED_MARKER,
@@ -90,6 +98,11 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     """
     # 1. Options, launcher and run directory: nothing is loaded yet.
     config.validate()
+    if config.device_map != "none":
+        raise ValueError(
+            "--device-map applies to `senslora sensitivity` only: training needs the whole model on one device "
+            "(compute the ranks there, then pass --ranks; --quantization nf4 shrinks the model for training)"
+        )
     check_accelerate_launch()
     main = is_main_process()
     if not main:
@@ -117,6 +130,9 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         check_trl_available()
     calibrate = method.needs_calibration(has_ranks=allocation is not None)
     calibration_data = load_calibration_data(config, data) if calibrate else None
+    plan = memory_plan(config, data, training=True)  # from config.json alone, before any weights
+    if plan is not None and main:
+        print(plan.text(training=True))
     prepared = prepare(config, data)
     if allocation is not None and method.uses_allocation:
         check_allocation_fits(prepared.model, allocation, ranks_source)
@@ -150,6 +166,10 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
     total_steps = total_training_steps(len(train_set), config.training())
     # the targets' shapes, read before PEFT wraps them (for uniform LoRA's parameter count at this rank)
     shapes = allocation.shapes if method.uses_allocation else target_shapes(prepared.model, config.targets)
+    if is_quantized(prepared.model):  # QLoRA: norms and head in float32, inputs that carry gradients
+        prepared.model = prepare_model_for_kbit_training(
+            prepared.model, use_gradient_checkpointing=config.gradient_checkpointing
+        )
     torch.manual_seed(config.seed)
     setup_start = time.perf_counter()  # for EVA this includes its SVD pass over the calibration batches
     model = build_peft_model(
@@ -175,7 +195,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
             f"trainable of {parameters.total:,}; uniform LoRA at rank {config.avg_rank} on the same "
             f"{len(shapes)} targets: {uniform_parameters:,} adapter parameters"
         )
-    side = sidecar(allocation, sensitivities, sensitivity_metadata)
+    side = sidecar(allocation, sensitivities, sensitivity_metadata, model_loading=prepared.loading)
 
     # 7. Train on the Trainer (SFTTrainer for instruction data), evaluating and keeping the best adapter.
     def evaluate(m: nn.Module) -> dict[str, float]:

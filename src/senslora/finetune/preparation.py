@@ -7,6 +7,7 @@ task suits the model is read from its config.json before any weights are loaded.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +26,27 @@ from senslora.finetune.data import (
     load_task_data,
 )
 from senslora.finetune.environment import resolve_device
+from senslora.finetune.memory_plan import (
+    MemoryPlan,
+    check_plan_fits,
+    empty_model,
+    free_device_memory,
+    plan_memory,
+)
 from senslora.finetune.methods import get_method
+from senslora.finetune.model_loading import (
+    LoadSettings,
+    check_bitsandbytes,
+    parse_max_memory,
+    resolve_dtype,
+)
 from senslora.finetune.models import (
     GENERATIVE_TASKS,
     check_max_length,
     check_model_name,
     encoder_model_type,
     load_model_and_tokenizer,
+    read_model_config,
 )
 from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 from senslora.utils.distributed import (
@@ -68,16 +83,45 @@ class Prepared:
     model: nn.Module
     tokenizer: Any
     device: torch.device
+    loading: dict[str, Any] | None = None  # LoadSettings.describe(): dtype, quantization, placement
 
 
 def load_data(config: RunConfig) -> TaskData:
-    """The run's training and validation data, after the cheap checks of device and model name; then the
-    check that --calibration-tokens suits its task (before any model is loaded)."""
-    resolve_device(config.device)
-    check_model_name(config.model)
+    """The run's training and validation data, after the cheap checks of device, dtype, quantization
+    and model name; then the check that --calibration-tokens suits its task (before any model is loaded)."""
+    load_settings(config, resolve_device(config.device))
     data = load_task_data(data_spec(config))
     effective_calibration_tokens(config.calibration_tokens, config.estimator, data.task)
     return data
+
+
+# Heads a sequence task adds on top of a base model: new weights, trained in full, kept unquantized.
+SEQUENCE_HEADS = ("classifier", "score", "pre_classifier", "lm_head")
+
+
+def load_settings(config: RunConfig, device: torch.device, task: str | None = None) -> LoadSettings:
+    """How to load the run's model on `device`, from the options and config.json alone (no weights).
+
+    Raises:
+        ValueError: float16 on the CPU, quantization without bitsandbytes, a missing model path.
+    """
+    check_model_name(config.model)
+    model_config = read_model_config(config.model, trust_remote_code=config.trust_remote_code)
+    dtype = resolve_dtype(config.model_dtype, device, model_config)
+    check_bitsandbytes(config.quantization)
+    device_map: str | dict[str, Any] | None = None
+    if config.device_map != "none":
+        device_map = config.device_map
+    elif config.quantization != "none":
+        device_map = {"": str(device)}  # bitsandbytes quantizes while loading, onto the one device
+    return LoadSettings(
+        dtype=dtype,
+        quantization=config.quantization,
+        device_map=device_map,
+        max_memory=parse_max_memory(config.max_memory) if config.max_memory else None,
+        offload_folder=config.offload_folder,
+        keep_unquantized=SEQUENCE_HEADS if task in ("classification", "regression") else None,
+    )
 
 
 def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
@@ -97,15 +141,51 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
     if data is None:
         data = load_task_data(data_spec(config))
     check_task_fits_model(config, data)
+    settings = load_settings(config, device, data.task)
     torch.manual_seed(config.seed)
     with main_process_first():  # a model converted into the cache is converted once
         model, tokenizer = load_model_and_tokenizer(
-            config.model, data.task, num_labels=data.num_labels, trust_remote_code=config.trust_remote_code
+            config.model,
+            data.task,
+            num_labels=data.num_labels,
+            settings=settings,
+            trust_remote_code=config.trust_remote_code,
         )
     check_max_length(model, config.max_length)
     if config.targets is not None and not (get_method(config.method).uses_allocation and config.ranks):
         find_target_layers(model, config.targets)  # names the targets the model lacks, before any work
-    return Prepared(data, model.to(device), tokenizer, device)
+    if not settings.placed:
+        model = model.to(device)
+    loading = settings.describe()
+    if config.device_map != "none":  # where Accelerate put the modules: {"cpu": 12, "disk": 20, ...}
+        device_map = getattr(model, "hf_device_map", None) or {"": next(model.parameters()).device}
+        loading["placement"] = dict(Counter(str(where) for where in device_map.values()))
+    return Prepared(data, model, tokenizer, device, loading)
+
+
+def memory_plan(config: RunConfig, data: TaskData, *, training: bool) -> MemoryPlan | None:
+    """The run's memory plan from config.json alone (None if the config cannot be read before loading),
+    refused when the device's free memory is known to be too small and nothing is offloaded.
+
+    Raises:
+        ValueError: the weights (and, `training`, the adapter's training state) exceed the free memory
+            of a CUDA device, without --device-map.
+    """
+    device = resolve_device(config.device)
+    if is_distributed() and device.type == "cuda" and device.index is None:
+        device = local_device()
+    model_config = read_model_config(config.model, trust_remote_code=config.trust_remote_code)
+    if model_config is None:
+        return None
+    settings = load_settings(config, device, data.task)
+    try:
+        empty = empty_model(model_config, data.task, data.num_labels)
+        plan = plan_memory(empty, settings, config.avg_rank, config.targets)
+    except Exception:  # an architecture transformers cannot build from its config: the loader says why
+        return None
+    if config.device_map == "none":
+        check_plan_fits(plan, device, free_device_memory(device), training=training)
+    return plan
 
 
 def check_task_fits_model(config: RunConfig, data: TaskData) -> None:

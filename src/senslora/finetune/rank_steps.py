@@ -107,6 +107,7 @@ def run_sensitivity(
             "processes": world_size(),
         },
         "model": config.model,
+        "model_loading": prepared.loading,
         "seconds": seconds,
         "versions": package_versions(),
     }

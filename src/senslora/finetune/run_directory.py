@@ -83,9 +83,13 @@ def sidecar(
     allocation: Allocation | None,
     sensitivities: dict[str, ModuleSensitivity] | None,
     sensitivity_metadata: dict[str, Any] | None,
+    model_loading: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The JSON stored beside the adapter: per-module metrics, weights, theta, ranks and provenance."""
+    """The JSON stored beside the adapter: per-module metrics, weights, theta, ranks and provenance
+    (with how the base was loaded for training: dtype, quantization)."""
     document: dict[str, Any] = {"format": "senslora.adapter-sidecar/1", "versions": package_versions()}
+    if model_loading is not None:
+        document["model_loading"] = model_loading
     if allocation is not None:
         document["allocation"] = allocation.to_dict()
     if sensitivities is not None:
