@@ -87,7 +87,7 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
     """
     from senslora.finetune.head_warmup import warm_up_head
     from senslora.finetune.preparation import load_data, prepare
-    from senslora.finetune.saved_adapter import evaluate_on_validation
+    from senslora.finetune.saved_adapter import evaluate_on_split
     from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset
 
     if kind not in BASELINES:
@@ -108,8 +108,9 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
         )
         record |= {"steps": steps, "loss_first": warm["loss_first"], "loss_last": warm["loss_last"]}
         record["head_parameters"] = warm["parameter_count"]
-    metrics = evaluate_on_validation(config, prepared, prepared.model)
-    return {"baseline": record, "validation": metrics, "main_metric": prepared.data.main_metric}
+    metrics = evaluate_on_split(config, prepared, prepared.model)
+    test = None if prepared.data.test is None else evaluate_on_split(config, prepared, prepared.model, "test")
+    return {"baseline": record, "validation": metrics, "test": test, "main_metric": prepared.data.main_metric}
 
 
 def write_ranks(allocation: Any, directory: Path) -> Path:

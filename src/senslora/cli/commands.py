@@ -185,6 +185,12 @@ def build_parser() -> ArgumentParser:
         ],
     )
     evaluate.add_argument("--adapter", required=True, help="PEFT adapter directory (e.g. RUN_DIR/adapter)")
+    evaluate.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="which split of the data to score: validation (chose the epoch and learning rate) or the held-out test",
+    )
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
     _add_field(evaluate, "overwrite")
     evaluate.set_defaults(handler=run_evaluate_command)
@@ -292,7 +298,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     config = resolve_config(args)
     if args.output:
         _check_output_file(Path(args.output), config.overwrite)
-    metrics = evaluate_adapter(config, args.adapter)
+    metrics = evaluate_adapter(config, args.adapter, args.split)
     if args.output:
         atomic_write_json(args.output, metrics)
     print(json.dumps(metrics, indent=2))

@@ -45,6 +45,7 @@ from senslora.finetune.run_directory import (
     check_run_dir,
     sidecar,
 )
+from senslora.finetune.saved_adapter import evaluate_adapter
 from senslora.finetune.sft import (
     check_trl_available,
     instruction_dataset,
@@ -213,7 +214,16 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         on_best=lambda _model, directory: atomic_write_json(directory / "senslora.json", side),
         **trainer,
     )
-    # 8. metrics.json last: its presence marks the run finished.
+    # 8. The kept adapter, as stock PEFT loads it onto a fresh base model, scored on the held-out test split.
+    test_metrics = None
+    if data.test is not None:
+        barrier()  # the main process has written the kept adapter
+        del model, prepared  # the trained model and its base: a fresh base is loaded for the kept adapter
+        test_metrics = evaluate_adapter(config, run_dir / "adapter", "test", prepared=prepare(config, data))
+        if main:
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in test_metrics.items())
+            print(f"test ({len(data.test)} held-out examples): {shown}")
+    # 9. metrics.json last: its presence marks the run finished.
     metrics = {
         "method": config.method,
         "model": config.model,
@@ -223,6 +233,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         "best_epoch": result.best_epoch,
         "best_step": result.best_step,
         "validation": result.best_metrics,
+        "test": test_metrics,
         "history": result.history,
         "parameters": parameters.to_dict(),
         "allocation_param_count": allocation.param_count if allocation is not None else None,

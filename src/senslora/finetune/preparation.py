@@ -56,6 +56,7 @@ def data_spec(config: RunConfig, source: str | None = None) -> DataSpec:
         validation_fraction=config.validation_fraction,
         max_train_examples=config.max_train_examples,
         max_validation_examples=config.max_validation_examples,
+        test_examples=config.test_examples,
         seed=config.seed,
     )
 

@@ -17,7 +17,9 @@ from senslora.finetune.data.sampling import (
     _CALIBRATION_STREAM,
     _TRAIN_CAP_STREAM,
     _VALIDATION_CAP_STREAM,
+    TEST_SEED,
     _cap,
+    _carve_test,
     _carve_validation,
     _permutation_prefix,
 )
@@ -62,7 +64,7 @@ def load_task_data(spec: DataSpec) -> TaskData:
     """Load, clean, label and split the data a spec names.
 
     Returns:
-        TaskData with train and validation datasets and everything evaluation needs.
+        TaskData with train, validation (and test) datasets and everything evaluation needs.
     Raises:
         ValueError: a missing or unreadable file, unknown format or source, a missing column, labels that do
             not fit the task, an empty split, or a hub dataset that cannot be loaded.
@@ -87,6 +89,16 @@ def load_task_data(spec: DataSpec) -> TaskData:
     names = preset.label_names if preset is not None and preset.task == task else None
     names = names or source.class_names.get(columns.label or "")
     label_names, num_labels = _apply_labels(task, train, validation, columns.label or "", names)
+
+    # The held-out test split first, from train, with its own fixed seed: whole groups of equal texts only.
+    test, test_origin = None, None
+    if spec.test_examples:
+        keys = train[columns.texts()].astype(str).agg("\x1f".join, axis=1).tolist()
+        train_index, test_index = _carve_test(keys, spec.test_examples)
+        if len(test_index):
+            test = train.iloc[test_index].reset_index(drop=True)
+            train = train.iloc[train_index].reset_index(drop=True)
+            test_origin = f"carved from train: at most {spec.test_examples} rows, fixed seed {TEST_SEED}"
 
     # Without a validation split one is carved from train (seeded); then each split is capped by a seeded
     # sample of its own random stream, so the two caps do not interact.
@@ -114,12 +126,15 @@ def load_task_data(spec: DataSpec) -> TaskData:
         "train_examples": len(train),
         "validation_examples": len(validation),
         "validation_origin": origin,
+        "test_examples": 0 if test is None else len(test),
+        "test_origin": test_origin,
         "rows_dropped": {"train": dropped_train, "validation": dropped_validation},
         "seed": spec.seed,
         "label_names": label_names,
         "labels": {
             "train": _label_summary(train, task, label_names),
             "validation": _label_summary(validation, task, label_names),
+            "test": None if test is None else _label_summary(test, task, label_names),
         },
         "metric_names": metric_names,
         "main_metric": main_metric,
@@ -141,6 +156,7 @@ def load_task_data(spec: DataSpec) -> TaskData:
         main_metric=main_metric,
         greater_is_better=greater_is_better(main_metric),
         description=description,
+        test=None if test is None else _to_dataset(test, task, label_names),
     )
 
 
