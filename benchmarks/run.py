@@ -139,6 +139,8 @@ def run_worker(experiment: Experiment, output: Path) -> None:
             "update_norms": adapter_update_norms(weights, adapter_config),
             "history": metrics["history"],
             "validation": metrics["validation"],
+            "test": metrics["test"],
+            "test_examples": metrics["data"].get("test_examples", 0),
             "main_metric": metrics["main_metric"],
             "best_epoch": metrics["best_epoch"],
             "sensitivity_seconds": metrics["sensitivity_seconds"],
