@@ -21,6 +21,7 @@ from senslora.finetune.data import (
     TaskData,
     calibration_block_sample,
     calibration_subset,
+    dropped_rows_line,
     load_calibration_source,
     load_task_data,
 )
@@ -36,6 +37,7 @@ from senslora.finetune.models import (
 from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 from senslora.utils.distributed import (
     is_distributed,
+    is_main_process,
     local_device,
     main_process_first,
 )
@@ -75,7 +77,18 @@ def load_data(config: RunConfig) -> TaskData:
     """The run's training and validation data, after the cheap checks of device and model name."""
     resolve_device(config.device)
     check_model_name(config.model)
-    return load_task_data(data_spec(config))
+    return load_reported(data_spec(config))
+
+
+def load_reported(spec: DataSpec) -> TaskData:
+    """`load_task_data`, saying (one line per split, main process only) how many rows were dropped and why."""
+    data = load_task_data(spec)
+    if is_main_process():
+        described = data.description
+        for split, by_column in described["rows_dropped_by_column"].items():
+            if by_column:
+                print(dropped_rows_line(split, sum(by_column.values()), described["rows_read"][split], by_column))
+    return data
 
 
 def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
@@ -93,7 +106,7 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
         device = local_device()  # one GPU per process: cuda:LOCAL_RANK
     check_model_name(config.model)
     if data is None:
-        data = load_task_data(data_spec(config))
+        data = load_reported(data_spec(config))
     check_task_fits_model(config, data)
     torch.manual_seed(config.seed)
     with main_process_first():  # a model converted into the cache is converted once

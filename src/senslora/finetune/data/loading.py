@@ -60,6 +60,27 @@ def _metrics_of(task: str, preset: _Preset | None) -> tuple[list[str], str]:
     return list(names), main
 
 
+def _clean_split(frame: pd.DataFrame, columns: Any, split: str, where: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`_clean_rows` of one split; refused when nothing, or not even half of the rows, is left."""
+    kept, dropped = _clean_rows(frame, columns.texts(), columns.label)
+    lost = sum(dropped.values())
+    line = dropped_rows_line(split, lost, len(frame), dropped)
+    if len(kept) == 0:
+        name = "training" if split == "train" else split
+        raise ValueError(
+            f"no {name} examples left in {where!r} after dropping rows with a missing text or label ({line})"
+        )
+    if lost * 2 > len(frame):
+        raise ValueError(f"{line} in {where!r}: more than half of the split would go (check the column options)")
+    return kept, dropped
+
+
+def dropped_rows_line(split: str, lost: int, total: int, by_column: dict[str, int]) -> str:
+    """ "train: 9 of 60 rows dropped (empty 'label': 9)"."""
+    reasons = ", ".join(f"empty {column!r}: {count}" for column, count in by_column.items())
+    return f"{split}: {lost} of {total} rows dropped ({reasons})"
+
+
 def load_task_data(spec: DataSpec) -> TaskData:
     """Load, clean, label and split the data a spec names.
 
@@ -73,15 +94,12 @@ def load_task_data(spec: DataSpec) -> TaskData:
     # one: an empty split is refused here, before labels are read.
     source = _load_source(spec)
     task, columns = _resolve_columns(spec, source)
-    why = "after dropping rows with a missing text or label"
-    train, dropped_train = _clean_rows(source.train, columns.texts(), columns.label)
-    if len(train) == 0:
-        raise ValueError(f"no training examples left in {source.location!r} {why}")
-    validation, dropped_validation = None, 0
+    train, dropped_train = _clean_split(source.train, columns, "train", source.location)
+    validation, dropped_validation = None, {}
     if source.validation is not None:
-        validation, dropped_validation = _clean_rows(source.validation, columns.texts(), columns.label)
-        if len(validation) == 0:
-            raise ValueError(f"no validation examples left in the {source.validation_origin} {why}")
+        validation, dropped_validation = _clean_split(
+            source.validation, columns, "validation", str(source.validation_origin)
+        )
 
     # Class names: the preset's when it describes this task, else the source's own (e.g. a hub ClassLabel);
     # the label column becomes class ids (classification) or floats (regression).
@@ -128,7 +146,12 @@ def load_task_data(spec: DataSpec) -> TaskData:
         "validation_origin": origin,
         "test_examples": 0 if test is None else len(test),
         "test_origin": test_origin,
-        "rows_dropped": {"train": dropped_train, "validation": dropped_validation},
+        "rows_dropped": {"train": sum(dropped_train.values()), "validation": sum(dropped_validation.values())},
+        "rows_dropped_by_column": {"train": dropped_train, "validation": dropped_validation},
+        "rows_read": {
+            "train": len(source.train),
+            "validation": 0 if source.validation is None else len(source.validation),
+        },
         "seed": spec.seed,
         "label_names": label_names,
         "labels": {
