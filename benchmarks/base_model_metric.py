@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from senslora.finetune.config import RunConfig
     from senslora.finetune.environment import quiet_libraries
+    from senslora.finetune.evaluation.saved_adapter import evaluate_on_split
     from senslora.finetune.preparation import prepare
-    from senslora.finetune.saved_adapter import evaluate_on_split
     from senslora.utils.io import atomic_write_json
 
     quiet_libraries()

@@ -55,6 +55,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from experiment import Experiment
+
 SEEDS = (0, 1, 2)
 CONFIRMATION_SEEDS = (3, 4, 5)
 
@@ -95,9 +97,7 @@ MPNET_PAPER_LR = 5e-4  # the paper's protocol: one shared learning rate for ever
 MPNET_LRS = (MPNET_PAPER_LR, 1e-3, 2e-3)  # the three-point sweep for uniform LoRA and senslora
 
 
-def _experiment(name: str, group: str, overrides: dict[str, Any]) -> Any:
-    from experiments import Experiment
-
+def _experiment(name: str, group: str, overrides: dict[str, Any]) -> Experiment:
     return Experiment(name, group, overrides)
 
 

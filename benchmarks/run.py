@@ -31,7 +31,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 from controls import control_allocation, run_baseline, write_ranks  # noqa: E402
-from experiments import PROFILES, Experiment, results_directory  # noqa: E402
+from experiment import Experiment  # noqa: E402
+from experiments import PROFILES, results_directory  # noqa: E402
 
 
 def git_commit() -> str | None:

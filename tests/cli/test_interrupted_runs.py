@@ -15,14 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from senslora.finetune.checkpoint_files import last_checkpoint
+from senslora.finetune.run_files.checkpoints import last_checkpoint
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
 
 
 SLOW_TRAINING = """
 import sys, time
-import senslora.finetune.training as training
+import senslora.finetune.training.settings as training
 check = training._check_gradients
 def slow_check(model, step):
     time.sleep(0.3)
@@ -125,7 +125,7 @@ def test_interrupted_run_resumes_exactly(
     """Ctrl-C (exit 130) mid-epoch, then --resume: the same adapter as without the interruption. For AdaLoRA
     the checkpoint must carry its importance scores (the interruption falls inside its allocation phase);
     for LoRA with gradient accumulation the checkpoint falls between accumulation groups."""
-    import senslora.finetune.training as training
+    import senslora.finetune.training.settings as training
 
     options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--method", method, *FAST]
     options += ["--batch-size", "8", "--save-steps", "3", "--log-every", "2"]

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import senslora.finetune.pipeline as pipeline
-from senslora.finetune.checkpoint_files import last_checkpoint
+from senslora.finetune.run_files.checkpoints import last_checkpoint
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
 

@@ -292,7 +292,7 @@ def best_checkpoint_text(metrics: dict) -> str:
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
-    from senslora.finetune.saved_adapter import evaluate_adapter
+    from senslora.finetune.evaluation.saved_adapter import evaluate_adapter
     from senslora.utils.io import atomic_write_json
 
     config = resolve_config(args)
@@ -335,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         if debug:
             raise
-        from senslora.finetune.training import TrainingDivergedError
+        from senslora.finetune.training.settings import TrainingDivergedError
 
         code = EXIT_DIVERGED if isinstance(error, TrainingDivergedError) else EXIT_USER_ERROR
         print_error(f"senslora {args.command}: error: {str(error) or type(error).__name__}")

@@ -10,7 +10,7 @@ options stay one flat namespace (`config.avg_rank`, `--avg-rank`, `avg_rank:` in
     CalibrationOptions  calibration data, the estimator and its settings, targets, head warm-up
     AllocationOptions   the rank budget and how theta is turned into ranks
     AdapterOptions      the fine-tuning method, given ranks, LoRA alpha and dropout
-    TrainingConfig      the optimisation settings (senslora.finetune.training)
+    TrainingConfig      the optimisation settings (senslora.finetune.training.settings)
     EvaluationOptions   generation-based evaluation of instruction tasks
     RunOptions          run directory, overwrite/resume, device, progress bars
 
@@ -33,7 +33,7 @@ from senslora.core.peft_export import ALPHA_MODES
 from senslora.core.sensitivity import ESTIMATORS
 from senslora.finetune.methods import METHODS, get_method
 from senslora.finetune.options import MAX_INT, check_field_values, default_of, option
-from senslora.finetune.training import TrainingConfig
+from senslora.finetune.training.settings import TrainingConfig
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 TASKS = ("classification", "regression", "causal_lm", "instruction")

@@ -26,9 +26,9 @@ from torch import nn
 from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, load_ranks_file, load_sensitivity_file
 from senslora.core.metrics import sensitivities_to_json
 from senslora.finetune.config import RunConfig
-from senslora.finetune.engine import check_accelerate_launch, train
 from senslora.finetune.environment import package_versions
-from senslora.finetune.evaluation import evaluate_model
+from senslora.finetune.evaluation.evaluate import evaluate_model
+from senslora.finetune.evaluation.saved_adapter import evaluate_adapter
 from senslora.finetune.methods import (
     build_peft_model,
     count_parameters,
@@ -38,15 +38,17 @@ from senslora.finetune.methods import (
 )
 from senslora.finetune.preparation import calibration_batches, load_calibration_data, load_data, prepare
 from senslora.finetune.rank_steps import check_allocation_fits, check_ranks_fit, run_allocation, run_sensitivity
-from senslora.finetune.run_directory import (
+from senslora.finetune.run_files.run_directory import (
     FINISHED_MARKER,
     NewRunDirectory,
     check_resume_config,
     check_run_dir,
     sidecar,
 )
-from senslora.finetune.saved_adapter import evaluate_adapter
-from senslora.finetune.sft import (
+from senslora.finetune.tokenization import make_collator, tokenize_dataset
+from senslora.finetune.training.engine import check_accelerate_launch, train
+from senslora.finetune.training.settings import TrainingResult, total_training_steps
+from senslora.finetune.training.sft import (
     check_trl_available,
     instruction_dataset,
     placeholder_eval_dataset,
@@ -54,8 +56,6 @@ from senslora.finetune.sft import (
     sft_trainer_class,
     uses_sft_trainer,
 )
-from senslora.finetune.tokenization import make_collator, tokenize_dataset
-from senslora.finetune.training import TrainingResult, total_training_steps
 from senslora.utils.distributed import (
     barrier,
     is_main_process,
@@ -193,7 +193,9 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         )
 
     trainer: dict[str, Any] = {}
-    if sft:  # TRL's SFTTrainer on prompt/completion data, the loss on the completion only (senslora.finetune.sft)
+    if (
+        sft
+    ):  # TRL's SFTTrainer on prompt/completion data, the loss on the completion only (senslora.finetune.training.sft)
         trainer = {
             "trainer_class": sft_trainer_class(),
             "trainer_kwargs": {"processing_class": tokenizer, "eval_dataset": placeholder_eval_dataset()},

@@ -26,7 +26,7 @@ from senslora.finetune.data.sampling import (
 from senslora.finetune.data.sources import _load_source
 from senslora.finetune.data.spec import DataSpec
 from senslora.finetune.data.task_data import TaskData
-from senslora.finetune.task_metrics import greater_is_better
+from senslora.finetune.evaluation.task_metrics import greater_is_better
 
 
 def _to_dataset(frame: pd.DataFrame, task: str, label_names: list[str] | None) -> datasets.Dataset:

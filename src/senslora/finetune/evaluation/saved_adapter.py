@@ -16,7 +16,7 @@ from torch import nn
 from senslora.core.targets import layer_shape
 from senslora.finetune.config import RunConfig
 from senslora.finetune.data import TaskData
-from senslora.finetune.evaluation import evaluate_model
+from senslora.finetune.evaluation.evaluate import evaluate_model
 from senslora.finetune.preparation import Prepared, prepare
 from senslora.finetune.tokenization import make_collator, tokenize_dataset
 from senslora.utils.io import read_text
