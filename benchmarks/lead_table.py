@@ -36,7 +36,8 @@ from summarize_evidence import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = (ROOT / "README.md", ROOT / "BENCHMARKS.md")
+# Each document and whether it shows only the paper's allocator (the README) or every method.
+DOCUMENTS = {ROOT / "README.md": True, ROOT / "BENCHMARKS.md": False}
 START, END = "<!-- lead-table:start -->", "<!-- lead-table:end -->"
 BED_ORDER = ("mpnet", "minilm", "minilm-r1", "minilm-r2", "smollm2-wiki", "smollm2-wiki-r1", "smollm2-hamlet")
 
@@ -144,7 +145,10 @@ def allocation_cell(
     return "; ".join(parts) if parts else "no controls"
 
 
-def render(rows: list[Row], controls: dict[str, list[tuple[str, str, Paired | None]]]) -> str:
+def render(
+    rows: list[Row], controls: dict[str, list[tuple[str, str, Paired | None]]], senslora_only: bool = False
+) -> str:
+    """The table; `senslora_only` shows the paper's allocator alone, its verdicts still corrected over every row."""
     p_rows = adjusted([r.comparison for r in rows])
     flat = [(bed, control, c) for bed, entries in controls.items() for control, _, c in entries]
     p_controls = dict(zip([(b, c) for b, c, _ in flat], adjusted([c for _, _, c in flat]), strict=True))
@@ -154,6 +158,8 @@ def render(rows: list[Row], controls: dict[str, list[tuple[str, str, Paired | No
     ]
     shown_controls: set[str] = set()
     for row, p in zip(rows, p_rows, strict=True):
+        if senslora_only and row.method != "senslora":
+            continue
         factor, unit = scale(row.metric)
         metric = "perplexity" if row.metric in LOWER_IS_BETTER else row.metric
         allocation = ""
@@ -246,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.results_dir / "lead.md").write_text(text)
     plot(rows, args.results_dir / "lead-forest.png")
     if not args.no_docs:
-        for document in DOCUMENTS:
-            replace_between_markers(document, text)
+        for document, senslora_only in DOCUMENTS.items():
+            shown = render(rows, control_rows(table, metrics), senslora_only) if senslora_only else text
+            replace_between_markers(document, shown)
     print(text)
     return 0
 

@@ -82,3 +82,17 @@ def test_the_table_replaces_only_the_text_between_the_markers(lead, tmp_path):
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not lead.replace_between_markers(plain, "new\n") and plain.read_text() == "no markers\n"
+
+
+def test_the_readme_form_shows_senslora_alone_with_verdicts_corrected_over_every_row(lead, tmp_path):
+    results = []
+    for seed in range(3):
+        results.append(_result("bed", "lora", 1e-3, seed, 0.80 + 0.01 * seed, test=0.80 + 0.01 * seed))
+        results.append(_result("bed", "senslora", 1e-3, seed, 0.81, test=0.81 + 0.01 * seed))
+        results.append(_result("bed", "eva", 1e-3, seed, 0.70, test=0.70 + 0.01 * seed))
+    _write(tmp_path, results)
+    table = lead.cells(lead.load(tmp_path))
+    rows = lead.lead_rows(table, {"bed": "accuracy"})
+    full, readme = lead.render(rows, {}), lead.render(rows, {}, senslora_only=True)
+    assert "| eva " in full and "| eva " not in readme and "| senslora " in readme
+    assert "the 2 comparisons" in readme  # the family is the whole table, not the rows shown
