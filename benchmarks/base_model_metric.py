@@ -27,8 +27,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from senslora.finetune.config import RunConfig
     from senslora.finetune.environment import quiet_libraries
+    from senslora.finetune.evaluation.saved_adapter import evaluate_on_split
     from senslora.finetune.preparation import prepare
-    from senslora.finetune.saved_adapter import evaluate_on_validation
     from senslora.utils.io import atomic_write_json
 
     quiet_libraries()
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.experiments:
         config = RunConfig(**known[name].overrides, progress=False)
         prepared = prepare(config)
-        metrics = evaluate_on_validation(config, prepared, prepared.model.to(prepared.device))
+        metrics = evaluate_on_split(config, prepared, prepared.model.to(prepared.device))
         metric = prepared.data.main_metric
         results[name] = {"main_metric": metric, **metrics}
         print(f"{name}: base model {metric} {metrics[metric]:.4f}")

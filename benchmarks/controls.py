@@ -85,10 +85,10 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
     epochs x ceil(train examples / batch size) steps over the training set in a seeded order per epoch,
     i.e. as many steps as the adapter runs take.
     """
-    from senslora.finetune.head_warmup import warm_up_head
+    from senslora.finetune.evaluation.saved_adapter import evaluate_on_split
     from senslora.finetune.preparation import load_data, prepare
-    from senslora.finetune.saved_adapter import evaluate_on_validation
     from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset
+    from senslora.finetune.training.head_warmup import warm_up_head
 
     if kind not in BASELINES:
         raise ValueError(f"unknown baseline {kind!r}; allowed: {', '.join(BASELINES)}")
@@ -108,8 +108,9 @@ def run_baseline(config: Any, kind: str) -> dict[str, Any]:
         )
         record |= {"steps": steps, "loss_first": warm["loss_first"], "loss_last": warm["loss_last"]}
         record["head_parameters"] = warm["parameter_count"]
-    metrics = evaluate_on_validation(config, prepared, prepared.model)
-    return {"baseline": record, "validation": metrics, "main_metric": prepared.data.main_metric}
+    metrics = evaluate_on_split(config, prepared, prepared.model)
+    test = None if prepared.data.test is None else evaluate_on_split(config, prepared, prepared.model, "test")
+    return {"baseline": record, "validation": metrics, "test": test, "main_metric": prepared.data.main_metric}
 
 
 def write_ranks(allocation: Any, directory: Path) -> Path:

@@ -51,7 +51,11 @@ senslora's by more than the paired spread. Experiments are listed cheapest and m
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
+
+from experiment import Experiment
 
 SEEDS = (0, 1, 2)
 CONFIRMATION_SEEDS = (3, 4, 5)
@@ -84,9 +88,16 @@ SMOLLM2_TUNED_LR = 2e-3  # the best of the sweep for uniform LoRA on both rank-8
 SMOLLM2_LOW_BUDGET_LRS = (2e-3, 4e-3, 8e-3)  # 8e-3 added when 4e-3, the grid's upper end, was best for both
 
 
-def _experiment(name: str, group: str, overrides: dict[str, Any]) -> Any:
-    from experiments import Experiment
+# MPNet-base (all-mpnet-base-v2: 110M parameters, 12 layers, hidden 768, the shape of the paper's RoBERTa-base)
+# on Rotten Tomatoes (the SST-2 source) at the paper's NLU average rank 4; installed by benchmarks/setup_mpnet.sh.
+MPNET_DIR = Path(os.environ.get("SENSLORA_CACHE", Path.home() / ".cache" / "senslora")) / "all-mpnet-base-v2"
+MPNET = MINILM | {"model": str(MPNET_DIR), "avg_rank": 4}
+MPNET_SENSLORA = {"method": "senslora", "estimator": "activation", "budget_unit": "params"}
+MPNET_PAPER_LR = 5e-4  # the paper's protocol: one shared learning rate for every method
+MPNET_LRS = (MPNET_PAPER_LR, 1e-3, 2e-3)  # the three-point sweep for uniform LoRA and senslora
 
+
+def _experiment(name: str, group: str, overrides: dict[str, Any]) -> Experiment:
     return Experiment(name, group, overrides)
 
 
@@ -276,10 +287,33 @@ def smollm2_wiki_confirmation() -> list[Any]:
     return smollm2_confirmation("wiki", ("hutchinson",))
 
 
+def mpnet_bed() -> list[Any]:
+    """MPNet-base + Rotten Tomatoes, average rank 4: first the paper's protocol (uniform LoRA and senslora at
+    the shared lr 5e-4, seeds 0-2), then the controls there, then the rest of the sweep for both."""
+    group = "evidence-mpnet"
+    senslora, lora = MPNET | MPNET_SENSLORA, MPNET | {"method": "lora"}
+    runs = []
+    for seed in SEEDS:
+        runs.append(
+            (f"{group}-lora-{_lr(MPNET_PAPER_LR)}-s{seed}", lora | {"learning_rate": MPNET_PAPER_LR, "seed": seed})
+        )
+        paper = senslora | {"learning_rate": MPNET_PAPER_LR, "seed": seed}
+        runs.append((f"{group}-senslora-{_lr(MPNET_PAPER_LR)}-s{seed}", paper))
+    for seed in SEEDS:
+        for control in ("inverse", "shuffled"):
+            overrides = senslora | {"learning_rate": MPNET_PAPER_LR, "seed": seed, "control": control}
+            runs.append((f"{group}-{control}-{_lr(MPNET_PAPER_LR)}-s{seed}", overrides))
+    for lr in MPNET_LRS[1:]:
+        for seed in SEEDS:
+            runs.append((f"{group}-lora-{_lr(lr)}-s{seed}", lora | {"learning_rate": lr, "seed": seed}))
+            runs.append((f"{group}-senslora-{_lr(lr)}-s{seed}", senslora | {"learning_rate": lr, "seed": seed}))
+    return [_experiment(name, group, overrides) for name, overrides in runs]
+
+
 def evidence() -> list[Any]:
     """Every evidence experiment, in the order the runner works through them."""
     beds = [*minilm_baseline(), *minilm_bed(1), *minilm_bed(2), *smollm2_bed("wiki"), *smollm2_bed("hamlet")]
-    beds += [*smollm2_low_budget_bed(), *minilm_main_bed()]
+    beds += [*smollm2_low_budget_bed(), *minilm_main_bed(), *mpnet_bed()]
     allocators = [*minilm_allocators(1), *minilm_allocators(2)]
     allocators += [*smollm2_allocators("wiki"), *smollm2_allocators("hamlet")]
     confirmations = [*minilm_confirmation(), *smollm2_hamlet_confirmation(), *smollm2_wiki_confirmation()]

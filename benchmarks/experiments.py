@@ -15,19 +15,11 @@ Profiles:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-@dataclass(frozen=True)
-class Experiment:
-    """A named set of RunConfig overrides and the table it belongs to."""
-
-    name: str
-    group: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-
+from evidence import evidence as evidence_experiments
+from experiment import Experiment
 
 MINILM_RT = {"model": "minilm", "data": "rotten_tomatoes", "max_validation_examples": 1000}
 ESTIMATORS = ("activation", "fisher", "hutchinson")
@@ -182,8 +174,6 @@ def mainjob() -> list[Experiment]:
 
 def evidence() -> list[Experiment]:
     """Test beds where allocation may matter, with their controls (benchmarks/evidence.py)."""
-    from evidence import evidence as evidence_experiments
-
     return evidence_experiments()
 
 

@@ -31,7 +31,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 from controls import control_allocation, run_baseline, write_ranks  # noqa: E402
-from experiments import PROFILES, Experiment, results_directory  # noqa: E402
+from experiment import Experiment  # noqa: E402
+from experiments import PROFILES, results_directory  # noqa: E402
 
 
 def git_commit() -> str | None:
@@ -139,6 +140,8 @@ def run_worker(experiment: Experiment, output: Path) -> None:
             "update_norms": adapter_update_norms(weights, adapter_config),
             "history": metrics["history"],
             "validation": metrics["validation"],
+            "test": metrics["test"],
+            "test_examples": metrics["data"].get("test_examples", 0),
             "main_metric": metrics["main_metric"],
             "best_epoch": metrics["best_epoch"],
             "sensitivity_seconds": metrics["sensitivity_seconds"],

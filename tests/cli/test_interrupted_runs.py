@@ -15,14 +15,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from senslora.finetune.checkpoint_files import last_checkpoint
+from senslora.finetune.run_files.checkpoints import last_checkpoint
 
 FAST = ["--no-progress", "--epochs", "1", "--batch-size", "16", "--max-length", "32", "--calibration-examples", "32"]
 
 
 SLOW_TRAINING = """
 import sys, time
-import senslora.finetune.training as training
+import senslora.finetune.training.settings as training
 check = training._check_gradients
 def slow_check(model, step):
     time.sleep(0.3)
@@ -50,7 +50,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    # 160 rows -> 144 train (16 carved for validation) -> 9 steps per epoch, 27 in all.
+    # 160 rows -> 32 held out as test -> 115 train (13 carved for validation) -> 8 steps per epoch, 24 in all.
     options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress", "--epochs", "3"]
     options += ["--batch-size", "16", "--max-length", "32", "--calibration-examples", "32", "--seed", "3"]
     options += ["--save-steps", "2", "--log-every", "5"]
@@ -80,8 +80,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
     assert process.returncode == -signal.SIGKILL
     assert state is not None and state["global_step"] % 2 == 0
     final_state = read_state(killed)
-    # The checkpoint is mid-epoch (9 steps per epoch, one checkpoint every 2 steps and at each epoch's end).
-    assert 9 < final_state["global_step"] < 18 and final_state["global_step"] % 2 == 0
+    # The checkpoint is mid-epoch (8 steps per epoch, one checkpoint every 2 steps and at each epoch's end).
+    assert 8 < final_state["global_step"] < 16 and final_state["global_step"] % 2 == 0
     assert not (killed / "metrics.json").exists()
 
     # The best adapter so far (epoch 1) survived the kill whole and loads with stock PEFT.
@@ -106,7 +106,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_bert_dir, sentiment
     for name in straight_weights:
         torch.testing.assert_close(resumed_weights[name], straight_weights[name], atol=1e-6, rtol=1e-6)
     resumed, reference = (json.loads((d / "metrics.json").read_text()) for d in (killed, straight))
-    assert resumed["best_epoch"] == reference["best_epoch"] and resumed["global_step"] == reference["global_step"] == 27
+    assert resumed["best_epoch"] == reference["best_epoch"] and resumed["global_step"] == reference["global_step"] == 24
     assert resumed["validation"] == pytest.approx(reference["validation"], abs=1e-6)
     assert resumed["history"] == pytest.approx(reference["history"], abs=1e-6)
     assert resumed["sensitivity_seconds"] > 0  # restored from the run's sensitivity.json
@@ -125,7 +125,7 @@ def test_interrupted_run_resumes_exactly(
     """Ctrl-C (exit 130) mid-epoch, then --resume: the same adapter as without the interruption. For AdaLoRA
     the checkpoint must carry its importance scores (the interruption falls inside its allocation phase);
     for LoRA with gradient accumulation the checkpoint falls between accumulation groups."""
-    import senslora.finetune.training as training
+    import senslora.finetune.training.settings as training
 
     options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--method", method, *FAST]
     options += ["--batch-size", "8", "--save-steps", "3", "--log-every", "2"]

@@ -18,7 +18,7 @@ from senslora.finetune.config import (
     RunConfig,
     RunOptions,
 )
-from senslora.finetune.training import TrainingConfig
+from senslora.finetune.training.settings import TrainingConfig
 
 
 def _defaults(cls) -> dict:

@@ -146,8 +146,8 @@ def test_run_failing_after_results_keeps_them(tiny_bert_dir, sentiment_csv, tmp_
 
 def test_run_failing_after_a_checkpoint_keeps_it(tiny_bert_dir, sentiment_csv, tmp_path, run_cli, monkeypatch):
     """A failure in training after the first checkpoint leaves the run to --resume."""
-    import senslora.finetune.callbacks as callbacks
-    import senslora.finetune.checkpoint_files as checkpoint_files
+    import senslora.finetune.run_files.checkpoints as checkpoint_files
+    import senslora.finetune.training.callbacks as callbacks
 
     run_dir = tmp_path / "run"
     save = callbacks.write_checkpoint_state

@@ -16,8 +16,8 @@ import senslora.finetune.preparation as preparation
 from senslora.cli import main
 from senslora.finetune.config_file import load_config_file
 from senslora.finetune.data import PLAIN_INSTRUCTION_TEMPLATE
-from senslora.finetune.engine import training_arguments
-from senslora.finetune.training import TrainingConfig
+from senslora.finetune.training.engine import training_arguments
+from senslora.finetune.training.settings import TrainingConfig
 
 # Three training examples of different lengths (one batch of 3: right padding inside the batch), two for validation.
 TRAIN = [
@@ -129,7 +129,7 @@ def test_instruction_run_writes_a_stock_peft_adapter(sft_run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from senslora.finetune.data import DataSpec, load_task_data
-    from senslora.finetune.evaluation import evaluate_model
+    from senslora.finetune.evaluation.evaluate import evaluate_model
     from senslora.finetune.tokenization import make_collator, tokenize_dataset
 
     kind, model_dir, run_dir = sft_run
@@ -256,7 +256,7 @@ def test_nan_loss_on_the_sft_path_names_step_and_module(tmp_path, capsys, run_cl
 def test_interrupted_sft_run_resumes_exactly(tmp_path, run_cli, monkeypatch, save_tiny_llama):
     """Ctrl-C mid-epoch (step 5, checkpoint at step 3), then --resume: the same adapter, metrics and log as
     an uninterrupted run."""
-    import senslora.finetune.training as training
+    import senslora.finetune.training.settings as training
 
     model_dir = save_tiny_llama(tmp_path / "model", chat=True)
     options = [*instruction_options(tmp_path, model_dir), "--batch-size", "1", "--epochs", "3", "--method", "lora"]

@@ -22,7 +22,7 @@ class RunsCode:
 
 def test_checkpoint_with_pickled_code_is_refused_and_not_run(tmp_path):
     """A checkpoint whose optimizer.pt would run code when unpickled is refused before the Trainer loads it."""
-    from senslora.finetune.resume import check_resumable
+    from senslora.finetune.run_files.checkpoints import check_resumable
 
     model = torch.nn.Linear(3, 2)
     checkpoint = tmp_path / "checkpoints" / "checkpoint-4"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from senslora import estimate_sensitivity
-from senslora.finetune.head_warmup import restore_head, snapshot_head, task_head_parameters, warm_up_head
+from senslora.finetune.training.head_warmup import restore_head, snapshot_head, task_head_parameters, warm_up_head
 
 
 def test_only_head_parameters_move(tiny_bert, token_batches):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-from senslora.finetune.task_metrics import (
+from senslora.finetune.evaluation.task_metrics import (
     accuracy,
     bleu4,
     compute_metrics,

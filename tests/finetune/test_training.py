@@ -9,8 +9,8 @@ import torch
 from peft import get_peft_model
 
 from senslora import allocate_ranks, estimate_sensitivity, to_lora_config
-from senslora.finetune.engine import train, training_arguments
-from senslora.finetune.training import TrainingConfig, epoch_order, learning_rate_factor, steps_per_epoch
+from senslora.finetune.training.engine import train, training_arguments
+from senslora.finetune.training.settings import TrainingConfig, epoch_order, learning_rate_factor, steps_per_epoch
 
 
 def test_learning_rate_schedule_by_hand():

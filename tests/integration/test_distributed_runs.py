@@ -367,7 +367,7 @@ def test_accelerate_fsdp_config_on_cpu_warns_and_trains_as_data_parallel(
     from safetensors.torch import load_file
 
     from senslora.cli import main
-    from senslora.finetune.engine import FSDP_ON_CPU_MESSAGE
+    from senslora.finetune.training.engine import FSDP_ON_CPU_MESSAGE
 
     config = tmp_path / "fsdp_cpu.yaml"
     config.write_text(FSDP_ON_CPU)

@@ -186,6 +186,12 @@ def build_parser() -> ArgumentParser:
         ],
     )
     evaluate.add_argument("--adapter", required=True, help="PEFT adapter directory (e.g. RUN_DIR/adapter)")
+    evaluate.add_argument(
+        "--split",
+        choices=("validation", "test"),
+        default="validation",
+        help="which split of the data to score: validation (chose the epoch and learning rate) or the held-out test",
+    )
     evaluate.add_argument("--output", help="also write the metrics to this JSON file")
     _add_field(evaluate, "overwrite")
     evaluate.set_defaults(handler=run_evaluate_command)
@@ -297,13 +303,13 @@ def best_checkpoint_text(metrics: dict) -> str:
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
-    from senslora.finetune.saved_adapter import evaluate_adapter
+    from senslora.finetune.evaluation.saved_adapter import evaluate_adapter
     from senslora.utils.io import atomic_write_json
 
     config = resolve_config(args)
     if args.output:
         _check_output_file(Path(args.output), config.overwrite)
-    metrics = evaluate_adapter(config, args.adapter)
+    metrics = evaluate_adapter(config, args.adapter, args.split)
     if args.output:
         atomic_write_json(args.output, metrics)
     print(json.dumps(metrics, indent=2))
@@ -340,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         if debug:
             raise
-        from senslora.finetune.training import TrainingDivergedError
+        from senslora.finetune.training.settings import TrainingDivergedError
 
         code = EXIT_DIVERGED if isinstance(error, TrainingDivergedError) else EXIT_USER_ERROR
         print_error(f"senslora {args.command}: error: {str(error) or type(error).__name__}")

@@ -10,7 +10,7 @@ options stay one flat namespace (`config.avg_rank`, `--avg-rank`, `avg_rank:` in
     CalibrationOptions  calibration data, the estimator and its settings, targets, head warm-up
     AllocationOptions   the rank budget and how theta is turned into ranks
     AdapterOptions      the fine-tuning method, given ranks, LoRA alpha and dropout
-    TrainingConfig      the optimisation settings (senslora.finetune.training)
+    TrainingConfig      the optimisation settings (senslora.finetune.training.settings)
     EvaluationOptions   generation-based evaluation of instruction tasks
     RunOptions          run directory, overwrite/resume, device, progress bars
 
@@ -40,7 +40,7 @@ from senslora.finetune.model_loading import (
     parse_max_memory,
 )
 from senslora.finetune.options import MAX_INT, check_field_values, default_of, option
-from senslora.finetune.training import TrainingConfig
+from senslora.finetune.training.settings import TrainingConfig
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]{1,3})?")
 TASKS = ("classification", "regression", "causal_lm", "instruction")
@@ -122,6 +122,9 @@ class DataOptions:
     validation_fraction: float = option(0.1, "share of train used for validation when none is given")
     max_train_examples: int | None = option(2000, "keep a seeded sample of this many training examples (none: all)")
     max_validation_examples: int | None = option(1000, "keep at most this many validation examples (none: all)")
+    test_examples: int = option(
+        1000, "hold out a fixed test split of this many training rows (at most a fifth of them; 0: none)"
+    )
     max_length: int = option(128, "truncate or chunk token sequences to this length")
     trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")
 
@@ -133,6 +136,8 @@ class DataOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or none, got {value}")
+        if self.test_examples < 0:
+            raise ValueError(f"test_examples must be >= 0, got {self.test_examples}")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction must lie strictly between 0 and 1, got {self.validation_fraction}")
         columns = ["text_column", "text_pair_column", "label_column", "prompt_column", "response_column"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from senslora.finetune.config import RunConfig
 from senslora.finetune.options import coerce_value, field_types
-from senslora.finetune.training import (
+from senslora.finetune.training.settings import (
     OWNED_TRAINER_ARGUMENTS,
     check_trainer_arguments,
     owned_argument_message,

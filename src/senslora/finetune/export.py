@@ -29,7 +29,7 @@ from senslora.core.targets import HEAD_NAMES
 from senslora.finetune.config import RunConfig
 from senslora.finetune.config_file import load_config_file
 from senslora.finetune.methods import TASK_TYPES
-from senslora.finetune.run_directory import FINISHED_MARKER, sidecar
+from senslora.finetune.run_files.run_directory import FINISHED_MARKER, sidecar
 from senslora.utils.io import atomic_directory, atomic_write_text, check_output_path
 
 FORMATS = ("lora-config", "adapter-init", "axolotl", "peft-dir")

@@ -27,9 +27,9 @@ from torch import nn
 from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, load_ranks_file, load_sensitivity_file
 from senslora.core.metrics import sensitivities_to_json
 from senslora.finetune.config import RunConfig
-from senslora.finetune.engine import check_accelerate_launch, train
 from senslora.finetune.environment import package_versions
-from senslora.finetune.evaluation import evaluate_model
+from senslora.finetune.evaluation.evaluate import evaluate_model
+from senslora.finetune.evaluation.saved_adapter import evaluate_adapter
 from senslora.finetune.methods import (
     build_peft_model,
     count_parameters,
@@ -46,14 +46,17 @@ from senslora.finetune.preparation import (
     prepare,
 )
 from senslora.finetune.rank_steps import check_allocation_fits, check_ranks_fit, run_allocation, run_sensitivity
-from senslora.finetune.run_directory import (
+from senslora.finetune.run_files.run_directory import (
     FINISHED_MARKER,
     NewRunDirectory,
     check_resume_config,
     check_run_dir,
     sidecar,
 )
-from senslora.finetune.sft import (
+from senslora.finetune.tokenization import make_collator, tokenize_dataset
+from senslora.finetune.training.engine import check_accelerate_launch, train
+from senslora.finetune.training.settings import TrainingResult, total_training_steps
+from senslora.finetune.training.sft import (
     check_trl_available,
     instruction_dataset,
     placeholder_eval_dataset,
@@ -61,8 +64,6 @@ from senslora.finetune.sft import (
     sft_trainer_class,
     uses_sft_trainer,
 )
-from senslora.finetune.tokenization import make_collator, tokenize_dataset
-from senslora.finetune.training import TrainingResult, total_training_steps
 from senslora.utils.distributed import (
     barrier,
     is_main_process,
@@ -212,7 +213,9 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         )
 
     trainer: dict[str, Any] = {}
-    if sft:  # TRL's SFTTrainer on prompt/completion data, the loss on the completion only (senslora.finetune.sft)
+    if (
+        sft
+    ):  # TRL's SFTTrainer on prompt/completion data, the loss on the completion only (senslora.finetune.training.sft)
         trainer = {
             "trainer_class": sft_trainer_class(),
             "trainer_kwargs": {"processing_class": tokenizer, "eval_dataset": placeholder_eval_dataset()},
@@ -233,7 +236,16 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         on_best=lambda _model, directory: atomic_write_json(directory / "senslora.json", side),
         **trainer,
     )
-    # 8. metrics.json last: its presence marks the run finished.
+    # 8. The kept adapter, as stock PEFT loads it onto a fresh base model, scored on the held-out test split.
+    test_metrics = None
+    if data.test is not None:
+        barrier()  # the main process has written the kept adapter
+        del model, prepared  # the trained model and its base: a fresh base is loaded for the kept adapter
+        test_metrics = evaluate_adapter(config, run_dir / "adapter", "test", prepared=prepare(config, data))
+        if main:
+            shown = ", ".join(f"{name} {value:.4g}" for name, value in test_metrics.items())
+            print(f"test ({len(data.test)} held-out examples): {shown}")
+    # 9. metrics.json last: its presence marks the run finished.
     metrics = {
         "method": config.method,
         "model": config.model,
@@ -243,6 +255,7 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         "best_epoch": result.best_epoch,
         "best_step": result.best_step,
         "validation": result.best_metrics,
+        "test": test_metrics,
         "history": result.history,
         "parameters": parameters.to_dict(),
         "allocation_param_count": allocation.param_count if allocation is not None else None,

@@ -22,6 +22,7 @@ from senslora.finetune.data import (
     TaskData,
     calibration_block_sample,
     calibration_subset,
+    dropped_rows_line,
     load_calibration_source,
     load_task_data,
 )
@@ -51,6 +52,7 @@ from senslora.finetune.models import (
 from senslora.finetune.tokenization import make_batches, make_collator, tokenize_dataset, tokenize_texts
 from senslora.utils.distributed import (
     is_distributed,
+    is_main_process,
     local_device,
     main_process_first,
 )
@@ -71,6 +73,7 @@ def data_spec(config: RunConfig, source: str | None = None) -> DataSpec:
         validation_fraction=config.validation_fraction,
         max_train_examples=config.max_train_examples,
         max_validation_examples=config.max_validation_examples,
+        test_examples=config.test_examples,
         seed=config.seed,
     )
 
@@ -90,7 +93,7 @@ def load_data(config: RunConfig) -> TaskData:
     """The run's training and validation data, after the cheap checks of device, dtype, quantization
     and model name; then the check that --calibration-tokens suits its task (before any model is loaded)."""
     load_settings(config, resolve_device(config.device))
-    data = load_task_data(data_spec(config))
+    data = load_reported(data_spec(config))
     effective_calibration_tokens(config.calibration_tokens, config.estimator, data.task)
     return data
 
@@ -124,6 +127,17 @@ def load_settings(config: RunConfig, device: torch.device, task: str | None = No
     )
 
 
+def load_reported(spec: DataSpec) -> TaskData:
+    """`load_task_data`, saying (one line per split, main process only) how many rows were dropped and why."""
+    data = load_task_data(spec)
+    if is_main_process():
+        described = data.description
+        for split, by_column in described["rows_dropped_by_column"].items():
+            if by_column:
+                print(dropped_rows_line(split, sum(by_column.values()), described["rows_read"][split], by_column))
+    return data
+
+
 def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
     """Load the data first (cheap, catches bad input early), then the model for its task.
 
@@ -139,7 +153,7 @@ def prepare(config: RunConfig, data: TaskData | None = None) -> Prepared:
         device = local_device()  # one GPU per process: cuda:LOCAL_RANK
     check_model_name(config.model)
     if data is None:
-        data = load_task_data(data_spec(config))
+        data = load_reported(data_spec(config))
     check_task_fits_model(config, data)
     settings = load_settings(config, device, data.task)
     torch.manual_seed(config.seed)

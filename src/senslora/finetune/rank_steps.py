@@ -33,10 +33,10 @@ from senslora.finetune.config import (
     effective_max_rank_factor,
 )
 from senslora.finetune.environment import package_versions
-from senslora.finetune.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.finetune.methods import check_uniform_rank_fits, get_method, target_shapes
 from senslora.finetune.options import default_of
 from senslora.finetune.preparation import Prepared
+from senslora.finetune.training.head_warmup import restore_head, snapshot_head, warm_up_head
 from senslora.utils.distributed import (
     shard_batches,
     world_size,

@@ -13,7 +13,8 @@ Sources, tried in this order:
   per non-empty line), each optionally .gz/.bz2 compressed;
 - a hub dataset "owner/name" (or "hub:name"), loaded with `datasets.load_dataset(name, config_name)`.
 
-Rows with a missing or blank text, or a missing label, are dropped (and counted in the description).
+Rows with a missing or blank text, or a missing label, are dropped (counted per column in the description,
+printed one line per split by the commands); a split that would lose more than half its rows is refused.
 Classification labels become ids 0..K-1 in column "label": integer labels map through their sorted distinct
 values, string labels through their sorted names, unless the source fixes the names (offline sources, GLUE).
 Without a validation split, a fraction of train is carved out by a seeded permutation; caps on the number
@@ -40,6 +41,7 @@ from __future__ import annotations
 from senslora.finetune.data.loading import (
     calibration_block_sample,
     calibration_subset,
+    dropped_rows_line,
     load_calibration_source,
     load_task_data,
 )
@@ -75,6 +77,7 @@ __all__ = [
     "TaskData",
     "calibration_block_sample",
     "calibration_subset",
+    "dropped_rows_line",
     "glue_preset",
     "load_calibration_source",
     "load_task_data",

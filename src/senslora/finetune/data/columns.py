@@ -74,21 +74,32 @@ def _infer_task(columns: _Columns, train: pd.DataFrame, class_names: dict[str, l
     )
 
 
-def _clean_rows(frame: pd.DataFrame, text_columns: Sequence[str], label: str | None) -> tuple[pd.DataFrame, int]:
-    """Keep the used columns; drop rows with a missing or blank text or a missing label."""
+def _clean_rows(
+    frame: pd.DataFrame, text_columns: Sequence[str], label: str | None
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Keep the used columns; drop rows with a missing or blank text or a missing label.
+
+    Returns the kept table and, per column, how many rows were dropped for it (a row lacking several
+    values counts once, under the first of them in text, ..., label order).
+    """
     keep = np.ones(len(frame), dtype=bool)
     cleaned: dict[str, Any] = {}
+    dropped: dict[str, int] = {}
     for column in text_columns:
         values = frame[column]
         missing = values.isna().to_numpy()
         texts = values.where(~missing, "").astype(str).str.strip()
-        keep &= ~missing & (texts != "").to_numpy()
+        present = ~missing & (texts != "").to_numpy()
+        dropped[column] = int((keep & ~present).sum())
+        keep &= present
         cleaned[column] = texts.to_numpy(dtype=object)
     if label is not None:
-        keep &= ~frame[label].isna().to_numpy()
+        present = ~frame[label].isna().to_numpy()
+        dropped[label] = int((keep & ~present).sum())
+        keep &= present
         cleaned["label"] = frame[label].to_numpy(dtype=object)
     table = pd.DataFrame(cleaned)[keep].reset_index(drop=True)
-    return table, int((~keep).sum())
+    return table, {column: count for column, count in dropped.items() if count}
 
 
 def _label_ids(

@@ -17,14 +17,16 @@ from senslora.finetune.data.sampling import (
     _CALIBRATION_STREAM,
     _TRAIN_CAP_STREAM,
     _VALIDATION_CAP_STREAM,
+    TEST_SEED,
     _cap,
+    _carve_test,
     _carve_validation,
     _permutation_prefix,
 )
 from senslora.finetune.data.sources import _load_source
 from senslora.finetune.data.spec import DataSpec
 from senslora.finetune.data.task_data import TaskData
-from senslora.finetune.task_metrics import greater_is_better
+from senslora.finetune.evaluation.task_metrics import greater_is_better
 
 
 def _to_dataset(frame: pd.DataFrame, task: str, label_names: list[str] | None) -> datasets.Dataset:
@@ -58,11 +60,32 @@ def _metrics_of(task: str, preset: _Preset | None) -> tuple[list[str], str]:
     return list(names), main
 
 
+def _clean_split(frame: pd.DataFrame, columns: Any, split: str, where: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`_clean_rows` of one split; refused when nothing, or not even half of the rows, is left."""
+    kept, dropped = _clean_rows(frame, columns.texts(), columns.label)
+    lost = sum(dropped.values())
+    line = dropped_rows_line(split, lost, len(frame), dropped)
+    if len(kept) == 0:
+        name = "training" if split == "train" else split
+        raise ValueError(
+            f"no {name} examples left in {where!r} after dropping rows with a missing text or label ({line})"
+        )
+    if lost * 2 > len(frame):
+        raise ValueError(f"{line} in {where!r}: more than half of the split would go (check the column options)")
+    return kept, dropped
+
+
+def dropped_rows_line(split: str, lost: int, total: int, by_column: dict[str, int]) -> str:
+    """ "train: 9 of 60 rows dropped (empty 'label': 9)"."""
+    reasons = ", ".join(f"empty {column!r}: {count}" for column, count in by_column.items())
+    return f"{split}: {lost} of {total} rows dropped ({reasons})"
+
+
 def load_task_data(spec: DataSpec) -> TaskData:
     """Load, clean, label and split the data a spec names.
 
     Returns:
-        TaskData with train and validation datasets and everything evaluation needs.
+        TaskData with train, validation (and test) datasets and everything evaluation needs.
     Raises:
         ValueError: a missing or unreadable file, unknown format or source, a missing column, labels that do
             not fit the task, an empty split, or a hub dataset that cannot be loaded.
@@ -71,15 +94,12 @@ def load_task_data(spec: DataSpec) -> TaskData:
     # one: an empty split is refused here, before labels are read.
     source = _load_source(spec)
     task, columns = _resolve_columns(spec, source)
-    why = "after dropping rows with a missing text or label"
-    train, dropped_train = _clean_rows(source.train, columns.texts(), columns.label)
-    if len(train) == 0:
-        raise ValueError(f"no training examples left in {source.location!r} {why}")
-    validation, dropped_validation = None, 0
+    train, dropped_train = _clean_split(source.train, columns, "train", source.location)
+    validation, dropped_validation = None, {}
     if source.validation is not None:
-        validation, dropped_validation = _clean_rows(source.validation, columns.texts(), columns.label)
-        if len(validation) == 0:
-            raise ValueError(f"no validation examples left in the {source.validation_origin} {why}")
+        validation, dropped_validation = _clean_split(
+            source.validation, columns, "validation", str(source.validation_origin)
+        )
 
     # Class names: the preset's when it describes this task, else the source's own (e.g. a hub ClassLabel);
     # the label column becomes class ids (classification) or floats (regression).
@@ -87,6 +107,16 @@ def load_task_data(spec: DataSpec) -> TaskData:
     names = preset.label_names if preset is not None and preset.task == task else None
     names = names or source.class_names.get(columns.label or "")
     label_names, num_labels = _apply_labels(task, train, validation, columns.label or "", names)
+
+    # The held-out test split first, from train, with its own fixed seed: whole groups of equal texts only.
+    test, test_origin = None, None
+    if spec.test_examples:
+        keys = train[columns.texts()].astype(str).agg("\x1f".join, axis=1).tolist()
+        train_index, test_index = _carve_test(keys, spec.test_examples)
+        if len(test_index):
+            test = train.iloc[test_index].reset_index(drop=True)
+            train = train.iloc[train_index].reset_index(drop=True)
+            test_origin = f"carved from train: at most {spec.test_examples} rows, fixed seed {TEST_SEED}"
 
     # Without a validation split one is carved from train (seeded); then each split is capped by a seeded
     # sample of its own random stream, so the two caps do not interact.
@@ -114,12 +144,20 @@ def load_task_data(spec: DataSpec) -> TaskData:
         "train_examples": len(train),
         "validation_examples": len(validation),
         "validation_origin": origin,
-        "rows_dropped": {"train": dropped_train, "validation": dropped_validation},
+        "test_examples": 0 if test is None else len(test),
+        "test_origin": test_origin,
+        "rows_dropped": {"train": sum(dropped_train.values()), "validation": sum(dropped_validation.values())},
+        "rows_dropped_by_column": {"train": dropped_train, "validation": dropped_validation},
+        "rows_read": {
+            "train": len(source.train),
+            "validation": 0 if source.validation is None else len(source.validation),
+        },
         "seed": spec.seed,
         "label_names": label_names,
         "labels": {
             "train": _label_summary(train, task, label_names),
             "validation": _label_summary(validation, task, label_names),
+            "test": None if test is None else _label_summary(test, task, label_names),
         },
         "metric_names": metric_names,
         "main_metric": main_metric,
@@ -141,6 +179,7 @@ def load_task_data(spec: DataSpec) -> TaskData:
         main_metric=main_metric,
         greater_is_better=greater_is_better(main_metric),
         description=description,
+        test=None if test is None else _to_dataset(test, task, label_names),
     )
 
 

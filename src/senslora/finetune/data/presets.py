@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from senslora.finetune.task_metrics import greater_is_better
+from senslora.finetune.evaluation.task_metrics import greater_is_better
 
 TASKS = ("classification", "regression", "causal_lm", "instruction")
 FILE_FORMATS = ("csv", "tsv", "json", "jsonl", "txt")

@@ -27,6 +27,9 @@ class DataSpec:
             (GLUE presets default to their validation split).
         validation_fraction: share of train carved out as validation, in (0, 1).
         max_train_examples, max_validation_examples: keep a seeded random subset of at most this many.
+        test_examples: carve a held-out test split of at most this many rows (and at most a fifth) out of
+            train, before validation is carved and train capped; its seed is fixed, so every run seed shares
+            it. 0: no test split.
         seed: seed of every random choice.
         file_format: csv, tsv, json, jsonl or txt; None reads it from the file suffix.
         preset: a GLUE preset whose columns, label names and metrics apply to a local file or hub dataset.
@@ -45,6 +48,7 @@ class DataSpec:
     validation_fraction: float = 0.1
     max_train_examples: int | None = None
     max_validation_examples: int | None = None
+    test_examples: int = 0
     seed: int = 0
     file_format: str | None = None
     preset: str | None = None
@@ -65,6 +69,9 @@ class DataSpec:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        count = self.test_examples
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"test_examples must be a non-negative integer, got {count!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.train_split, str) or not self.train_split:

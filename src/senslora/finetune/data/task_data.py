@@ -13,12 +13,13 @@ from senslora.finetune.data.presets import _Preset
 
 @dataclass
 class TaskData:
-    """Loaded train and validation data of one task.
+    """Loaded train, validation and test data of one task.
 
     Attributes:
         task: one of TASKS.
-        train, validation: datasets with the text columns named below and, for classification and
-            regression, the labels in column "label" (int ids 0..K-1 / float32).
+        train, validation, test: datasets with the text columns named below and, for classification and
+            regression, the labels in column "label" (int ids 0..K-1 / float32). `test` is a fixed held-out
+            carve of the source's train rows (None when none was asked for or the data is too small).
         text_column, text_pair_column, label_column, prompt_column, response_column: the column names in
             train and validation (None where the task has no such column).
         label_names: classification class names in id order.
@@ -44,6 +45,7 @@ class TaskData:
     main_metric: str
     greater_is_better: bool
     description: dict[str, Any]
+    test: datasets.Dataset | None = None
 
 
 @dataclass

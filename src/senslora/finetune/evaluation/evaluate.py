@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from senslora.finetune.data import TaskData
-from senslora.finetune.task_metrics import compute_metrics
+from senslora.finetune.evaluation.task_metrics import compute_metrics
 from senslora.finetune.tokenization import make_generation_collator
 
 GENERATION_METRICS = ("bleu4", "rouge1", "rougeL")

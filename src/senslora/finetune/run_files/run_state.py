@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from senslora.finetune.checkpoint_files import checkpoint_step, last_checkpoint
 from senslora.finetune.methods.base import Method
-from senslora.finetune.training import TrainingConfig, TrainingDivergedError, TrainingResult
+from senslora.finetune.run_files.checkpoints import checkpoint_step, last_checkpoint
+from senslora.finetune.training.settings import TrainingConfig, TrainingDivergedError, TrainingResult
 
 
 @dataclass

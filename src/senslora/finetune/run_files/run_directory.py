@@ -15,10 +15,9 @@ from typing import Any
 
 from senslora.core.allocation_result import Allocation
 from senslora.core.metrics import ModuleSensitivity
-from senslora.finetune.checkpoint_files import STATE_FOLDER, checkpoints
 from senslora.finetune.config import RunConfig
 from senslora.finetune.environment import package_versions
-from senslora.finetune.resume import check_resumable
+from senslora.finetune.run_files.checkpoints import STATE_FOLDER, check_resumable, checkpoints
 from senslora.utils.io import check_output_path, read_text, recover_directory
 
 FINISHED_MARKER = "metrics.json"

@@ -2,9 +2,9 @@
 
 `train()` builds TrainingArguments from a `TrainingConfig` (plus the fields a `--config` file passes
 through, `TrainingConfig.trainer_arguments`) and runs a Trainer whose few overrides and callbacks keep
-senslora's guarantees; the overrides live in `SensloraTrainerMixin` (`senslora.finetune.trainer`), on top
+senslora's guarantees; the overrides live in `SensloraTrainerMixin` (`senslora.finetune.training.trainer`), on top
 of `transformers.Trainer` (`SensloraTrainer`) or of TRL's `SFTTrainer` for instruction data
-(`senslora.finetune.sft`). What the run guarantees, and the module that keeps it:
+(`senslora.finetune.training.sft`). What the run guarantees, and the module that keeps it:
 
 - data order (`trainer`): epoch e visits the examples in `epoch_order(n, seed, e)` (a sampler with
   `set_epoch`); under torch.distributed Accelerate gives process r the batches r, r + W, ... of that order,
@@ -43,13 +43,18 @@ import torch
 from torch import nn
 from transformers import EarlyStoppingCallback, PrinterCallback, Trainer, TrainingArguments
 
-from senslora.finetune.callbacks import GuardCallback
-from senslora.finetune.checkpoint_files import STATE_FOLDER, checkpoint_step, checkpoints, read_checkpoint_state
 from senslora.finetune.methods.base import Method
-from senslora.finetune.resume import check_resumable
-from senslora.finetune.run_state import RunState
-from senslora.finetune.trainer import SensloraTrainer, SensloraTrainerMixin
-from senslora.finetune.training import TrainingConfig, TrainingResult
+from senslora.finetune.run_files.checkpoints import (
+    STATE_FOLDER,
+    check_resumable,
+    checkpoint_step,
+    checkpoints,
+    read_checkpoint_state,
+)
+from senslora.finetune.run_files.run_state import RunState
+from senslora.finetune.training.callbacks import GuardCallback
+from senslora.finetune.training.settings import TrainingConfig, TrainingResult
+from senslora.finetune.training.trainer import SensloraTrainer, SensloraTrainerMixin
 from senslora.utils.distributed import is_main_process
 from senslora.utils.io import (
     atomic_write_json,
@@ -237,7 +242,7 @@ def train(
         resume: continue from the newest complete checkpoint (the log is cut back to it).
         on_best: writes extra files into the adapter directory (e.g. the allocation sidecar).
         trainer_class, trainer_kwargs: another Trainer built on SensloraTrainerMixin (e.g. TRL's
-            SFTTrainer, `senslora.finetune.sft`) and its extra arguments (they may replace the placeholder
+            SFTTrainer, `senslora.finetune.training.sft`) and its extra arguments (they may replace the placeholder
             eval_dataset); its `arguments_class` attribute (e.g. SFTConfig), if any, holds the arguments.
         extra_arguments: fields of that arguments class beyond TrainingArguments.
 

@@ -4,7 +4,7 @@
     adapter/                 the best adapter so far (`save_pretrained`) and what `on_best` adds to it
 
 A checkpoint's senslora/ folder is written after Trainer's own files, so its presence marks the checkpoint
-complete (`senslora.finetune.checkpoint_files`).
+complete (`senslora.finetune.run_files.checkpoints`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
-from senslora.finetune.checkpoint_files import STATE_FOLDER
-from senslora.finetune.numeric_health import check_saved_weights
-from senslora.finetune.run_state import RunState
+from senslora.finetune.run_files.checkpoints import STATE_FOLDER
+from senslora.finetune.run_files.run_state import RunState
+from senslora.finetune.training.numeric_health import check_saved_weights
 from senslora.utils.io import atomic_directory, atomic_write_text
 
 

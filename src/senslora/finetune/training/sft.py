@@ -18,10 +18,10 @@ completion tokens,
 
 and accumulation averages the micro-batches (as every other task: `model_accepts_loss_kwargs = False`).
 `SensloraSFTTrainer` is SFTTrainer with `SensloraTrainerMixin` on top, so it keeps every guarantee of
-`senslora.finetune.trainer` (data order, schedule, NaN guard, checkpoints and resume, log, best adapter, the task's
-own evaluation with greedy generation). AdaLoRA is the exception: SFTTrainer computes its loss from its
-fused log-probabilities and so leaves out the orthogonality penalty AdaLoRA adds to the model's loss, so
-AdaLoRA trains instruction data on the plain Trainer (`uses_sft_trainer`).
+`senslora.finetune.training.trainer` (data order, schedule, NaN guard, checkpoints and resume, log, best
+adapter, the task's own evaluation with greedy generation). AdaLoRA is the exception: SFTTrainer computes
+its loss from its fused log-probabilities and so leaves out the orthogonality penalty AdaLoRA adds to the
+model's loss, so AdaLoRA trains instruction data on the plain Trainer (`uses_sft_trainer`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import datasets
 
 from senslora.finetune.data import PLAIN_INSTRUCTION_TEMPLATE, TaskData
 from senslora.finetune.methods import get_method
-from senslora.finetune.trainer import SensloraTrainerMixin
+from senslora.finetune.training.trainer import SensloraTrainerMixin
 
 TRL_REQUIREMENT = "trl>=1.16,<2"
 

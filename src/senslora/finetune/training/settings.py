@@ -1,6 +1,6 @@
 """Training settings and the pieces of training that do not depend on the engine.
 
-The engine itself is `transformers.Trainer` (see `senslora.finetune.engine`); this module holds what it is
+The engine itself is `transformers.Trainer` (see `senslora.finetune.training.engine`); this module holds what it is
 configured with and checked against:
 
 - `TrainingConfig`: the optimisation settings (AdamW, warmup then linear/cosine/constant decay,

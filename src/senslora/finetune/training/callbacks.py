@@ -16,10 +16,10 @@ import time
 from transformers import TrainerCallback
 from transformers.trainer_utils import IntervalStrategy
 
-from senslora.finetune import numeric_health
-from senslora.finetune.checkpoint_files import CHECKPOINT_PREFIX, checkpoints
-from senslora.finetune.saving import write_checkpoint_state
-from senslora.finetune.trainer import SensloraTrainerMixin
+from senslora.finetune.run_files.checkpoints import CHECKPOINT_PREFIX, checkpoints
+from senslora.finetune.run_files.saving import write_checkpoint_state
+from senslora.finetune.training.settings import numeric_health
+from senslora.finetune.training.trainer import SensloraTrainerMixin
 from senslora.utils.distributed import is_main_process
 
 

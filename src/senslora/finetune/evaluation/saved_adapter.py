@@ -10,11 +10,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+import datasets
 from torch import nn
 
 from senslora.core.targets import layer_shape
 from senslora.finetune.config import RunConfig
-from senslora.finetune.evaluation import evaluate_model
+from senslora.finetune.data import TaskData
+from senslora.finetune.evaluation.evaluate import evaluate_model
 from senslora.finetune.preparation import Prepared, prepare
 from senslora.finetune.tokenization import make_collator, tokenize_dataset
 from senslora.utils.io import read_text
@@ -22,30 +24,55 @@ from senslora.utils.io import read_text
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-def evaluate_adapter(config: RunConfig, adapter_dir: str | Path) -> dict[str, float]:
-    """Load the base model and a saved adapter with stock PEFT, and evaluate on the validation split."""
+SPLITS = ("validation", "test")
+
+
+def evaluate_adapter(
+    config: RunConfig, adapter_dir: str | Path, split: str = "validation", prepared: Prepared | None = None
+) -> dict[str, float]:
+    """Load the base model and a saved adapter with stock PEFT, and evaluate on the run's `split`.
+
+    Args:
+        split: "validation" or "test" (the held-out split `--test-examples` carves).
+        prepared: the base model, tokenizer and data if already loaded (an unwrapped base model).
+    """
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
     config.validate()
     adapter_config = read_adapter_config(adapter_dir)
-    prepared = prepare(config)
+    prepared = prepared if prepared is not None else prepare(config)
+    split_rows(prepared.data, split)  # a missing split is refused before the adapter loads
     check_adapter_fits(prepared.model, adapter_dir, adapter_config, prepared.data.task)
+    # PEFT's AdaLoRA forward adds its orthogonality penalty to any loss it computes, reading the trainable
+    # adapter's settings, which only a trainable load records; evaluation runs in eval mode either way.
+    trainable = str(adapter_config.get("peft_type", "")).upper() == "ADALORA"
     try:
-        model = PeftModel.from_pretrained(prepared.model, adapter_dir).to(prepared.device)
+        model = PeftModel.from_pretrained(prepared.model, adapter_dir, is_trainable=trainable).to(prepared.device)
     except (OSError, RuntimeError, KeyError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"adapter {str(adapter_dir)!r} does not fit model {config.model!r}: {first}") from None
-    return evaluate_on_validation(config, prepared, model)
+    return evaluate_on_split(config, prepared, model, split)
 
 
-def evaluate_on_validation(config: RunConfig, prepared: Prepared, model: nn.Module) -> dict[str, float]:
-    """The task's metrics of `model` (an adapted or the bare base model) on the run's validation split."""
+def split_rows(data: TaskData, split: str) -> datasets.Dataset:
+    """The rows of one split of the run's data; a test split the run does not have is refused."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; allowed: {', '.join(SPLITS)}")
+    if split == "test" and data.test is None:
+        raise ValueError("this data has no test split (--test-examples 0, or too few rows to hold one out)")
+    return data.validation if split == "validation" else data.test
+
+
+def evaluate_on_split(
+    config: RunConfig, prepared: Prepared, model: nn.Module, split: str = "validation"
+) -> dict[str, float]:
+    """The task's metrics of `model` (an adapted or the bare base model) on the run's validation or test split."""
     data = prepared.data
-    validation_set = tokenize_dataset(data.validation, prepared.tokenizer, data, max_length=config.max_length)
+    rows = tokenize_dataset(split_rows(data, split), prepared.tokenizer, data, max_length=config.max_length)
     return evaluate_model(
         model,
-        validation_set,
+        rows,
         make_collator(prepared.tokenizer, data.task),
         data,
         batch_size=config.eval_batch_size,

@@ -1,7 +1,7 @@
 """The Trainer senslora trains with: `SensloraTrainerMixin`, its overrides of `transformers.Trainer`.
 
 The mixin goes on top of `transformers.Trainer` (`SensloraTrainer`) or of TRL's `SFTTrainer` for
-instruction data (`senslora.finetune.sft`), and changes only what senslora guarantees:
+instruction data (`senslora.finetune.training.sft`), and changes only what senslora guarantees:
 
 - data order: epoch e visits the examples in `epoch_order(n, seed, e)` (`EpochOrderSampler`);
 - schedule: LambdaLR over `learning_rate_factor`, so the first step already takes lr / warmup;
@@ -26,11 +26,11 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from senslora.finetune import numeric_health
-from senslora.finetune.resume import restore_checkpoint
-from senslora.finetune.run_state import RunState
-from senslora.finetune.saving import save_best_adapter
-from senslora.finetune.training import epoch_order, learning_rate_factor
+from senslora.finetune.run_files.checkpoints import restore_checkpoint
+from senslora.finetune.run_files.run_state import RunState
+from senslora.finetune.run_files.saving import save_best_adapter
+from senslora.finetune.training.settings import numeric_health
+from senslora.finetune.training.settings import epoch_order, learning_rate_factor
 from senslora.utils.distributed import broadcast_object, gather_objects, is_main_process
 from senslora.utils.io import append_line
 

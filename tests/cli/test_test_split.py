@@ -1,0 +1,101 @@
+"""The held-out test split: its size, its fixed seed, equal texts kept on one side, and what scores it."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+
+from senslora.finetune.data import load_task_data
+from senslora.finetune.data.spec import DataSpec
+
+
+def _csv(tmp_path, texts, labels):
+    path = tmp_path / "data.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(path, index=False)
+    return str(path)
+
+
+def test_test_split_is_a_fifth_at_most_and_disjoint_from_train_and_validation(tmp_path):
+    texts = [f"review number {i}" for i in range(200)]
+    source = _csv(tmp_path, texts, [i % 2 for i in range(200)])
+    data = load_task_data(DataSpec(source, test_examples=1000))
+    assert len(data.test) == 40  # a fifth of 200, below the 1000 asked for
+    assert len(data.train) + len(data.validation) + len(data.test) == 200
+    test = set(data.test["text"])
+    assert not test & set(data.train["text"]) and not test & set(data.validation["text"])
+    small = load_task_data(DataSpec(source, test_examples=25))
+    assert len(small.test) == 25 and set(small.test["text"]) <= test | set(small.test["text"])
+    assert data.description["test_examples"] == 40 and data.description["labels"]["test"] is not None
+
+
+def test_test_split_is_the_same_for_every_run_seed_while_validation_moves(tmp_path):
+    source = _csv(tmp_path, [f"text {i}" for i in range(300)], [i % 3 for i in range(300)])
+    first = load_task_data(DataSpec(source, test_examples=50, seed=0))
+    other = load_task_data(DataSpec(source, test_examples=50, seed=7))
+    assert first.test["text"] == other.test["text"]
+    assert set(first.validation["text"]) != set(other.validation["text"])
+
+
+def test_equal_texts_stay_together_and_a_text_too_common_to_fit_stays_out_of_test(tmp_path):
+    # "common" fills 30 rows, more than the 20 the test split may take; every other text appears twice.
+    texts = ["common"] * 30 + [f"pair {i}" for i in range(35) for _ in range(2)]
+    source = _csv(tmp_path, texts, [0] * 30 + [i % 2 for i in range(70)])
+    data = load_task_data(DataSpec(source, test_examples=1000))
+    counts = pd.Series(data.test["text"]).value_counts()
+    assert "common" not in counts and (counts == 2).all() and len(data.test) == 20
+    assert not set(data.test["text"]) & (set(data.train["text"]) | set(data.validation["text"]))
+
+
+def test_no_test_split_when_asked_for_none_or_too_few_rows(tmp_path):
+    source = _csv(tmp_path, ["a b", "c d", "e f", "g h"], [0, 1, 0, 1])
+    assert load_task_data(DataSpec(source, test_examples=0)).test is None
+    assert load_task_data(DataSpec(source, test_examples=10)).test is None  # a fifth of 4 rows is 0
+
+
+def test_metrics_json_reports_the_kept_adapter_on_test_as_stock_peft_scores_it(
+    tiny_bert_dir, sentiment_csv, tmp_path, run_cli
+):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    run_dir = tmp_path / "run"
+    options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress", "--max-length", "32"]
+    code, out, err = run_cli(
+        ["finetune", *options, "--output-dir", run_dir, "--epochs", "2", "--batch-size", "16"]
+        + ["--calibration-examples", "32"]
+    )
+    assert code == 0, err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test (32 held-out examples)" in out and metrics["data"]["test_examples"] == 32
+
+    # Independent reference: the test rows as the data module carves them, scored by hand with stock PEFT.
+    data = load_task_data(DataSpec(str(sentiment_csv), test_examples=1000, max_validation_examples=1000))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir, num_labels=2)
+    model = PeftModel.from_pretrained(base, run_dir / "adapter").eval()
+    with torch.no_grad():
+        texts = list(data.test["sentence"])
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        predictions = model(**encoded).logits.argmax(-1)
+    accuracy = (predictions == torch.tensor(list(data.test["label"]))).float().mean().item()
+    assert abs(metrics["test"]["accuracy"] - accuracy) < 1e-6
+
+    code, out, err = run_cli(["evaluate", *options, "--adapter", run_dir / "adapter", "--split", "test"])
+    assert code == 0, err
+    assert abs(json.loads(out)["accuracy"] - accuracy) < 1e-6
+
+
+def test_evaluating_a_test_split_the_data_does_not_have_is_one_line_exit_2(
+    tiny_bert_dir, sentiment_csv, tmp_path, run_cli
+):
+    run_dir = tmp_path / "run"
+    options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress", "--max-length", "32"]
+    code, _, err = run_cli(["finetune", *options, "--output-dir", run_dir, "--max-steps", "2", "--test-examples", "0"])
+    assert code == 0, err
+    assert json.loads((run_dir / "metrics.json").read_text())["test"] is None
+    code, _, err = run_cli(
+        ["evaluate", *options, "--adapter", run_dir / "adapter", "--split", "test", "--test-examples", "0"]
+    )
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no test split" in err
