@@ -18,7 +18,7 @@ from transformers.trainer_utils import IntervalStrategy
 
 from senslora.finetune.run_files.checkpoints import CHECKPOINT_PREFIX, checkpoints
 from senslora.finetune.run_files.saving import write_checkpoint_state
-from senslora.finetune.training.settings import numeric_health
+from senslora.finetune.training import numeric_health
 from senslora.finetune.training.trainer import SensloraTrainerMixin
 from senslora.utils.distributed import is_main_process
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from senslora.finetune.run_files.run_state import RunState
-from senslora.finetune.training.settings import settings as training
+from senslora.finetune.training import settings as training
 from senslora.finetune.training.settings import TrainingDivergedError, first_non_finite_module
 from senslora.utils.distributed import all_processes_agree
 

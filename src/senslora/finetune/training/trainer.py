@@ -29,7 +29,7 @@ from transformers import Trainer
 from senslora.finetune.run_files.checkpoints import restore_checkpoint
 from senslora.finetune.run_files.run_state import RunState
 from senslora.finetune.run_files.saving import save_best_adapter
-from senslora.finetune.training.settings import numeric_health
+from senslora.finetune.training import numeric_health
 from senslora.finetune.training.settings import epoch_order, learning_rate_factor
 from senslora.utils.distributed import broadcast_object, gather_objects, is_main_process
 from senslora.utils.io import append_line
