@@ -69,7 +69,12 @@ def test_nan_and_empty_rejected():
         ModuleSensitivity.from_diagonal("m.x", [1.0, float("inf")], d_in=2, d_out=1)
 
 
-@given(st.lists(st.floats(min_value=0.0, max_value=1e6), min_size=1, max_size=50), st.floats(0.05, 1.0))
+# Subnormal values are left out: with no relative precision (5e-324 * 2 * 0.625 rounds to 5e-324) no
+# relative tolerance can hold for them, and a sensitivity that small is zero for every purpose.
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1e6, allow_subnormal=False), min_size=1, max_size=50),
+    st.floats(0.05, 1.0),
+)
 def test_effective_rank_is_the_smallest_count(values, alpha):
     k = effective_rank_metric(values, alpha)
     ordered = sorted(values, reverse=True)

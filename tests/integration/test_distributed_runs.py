@@ -292,8 +292,9 @@ def test_torchrun_finetune_equals_one_process_with_twice_the_batch(
 ):
     """DDP over 2 processes with 8 examples per step each takes the same steps as one process with 16.
 
-    The sentiment data has 144 training examples: 9 steps of 16 per epoch, so every global batch is
-    whole; without dropout, both runs compute the same gradients (DDP averages the two halves' means;
+    The sentiment data's 160 rows less an 18-row test split and 14 validation rows leave 128 training
+    examples: 8 steps of 16 per epoch, so every global batch is whole; without dropout, both runs compute
+    the same gradients (DDP averages the two halves' means;
     with accumulation, the first micro-batch's gradients are not synchronised, the second's are).
     """
     from safetensors.torch import load_file
@@ -303,12 +304,14 @@ def test_torchrun_finetune_equals_one_process_with_twice_the_batch(
     common = ["--model", dropout_free_bert_dir, "--data", sentiment_csv, "--estimator", "fisher"]
     common += ["--calibration-examples", "32", "--calibration-batch-size", "8", "--max-length", "32"]
     common += ["--epochs", "2", "--lora-dropout", "0", "--learning-rate", "5e-3", "--no-progress", "--log-every", "1"]
+    common += ["--test-examples", "18"]  # 160 - 18 test - 14 validation = 128 training rows
     common = [str(a) for a in common]
     two = launch_two_processes(
         ["-m", "senslora.cli", "finetune", *common, *per_process, "--output-dir", str(tmp_path / "two")]
     )
     assert two.returncode == 0, two.stderr[-5000:]
     assert two.stdout.count("validation accuracy") == 1  # the main process alone reports
+    assert two.stdout.count("test (18 held-out examples)") == 1
     assert main(["finetune", *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")]) == 0
 
     one_dir, two_dir = tmp_path / "one", tmp_path / "two"
@@ -324,12 +327,13 @@ def test_torchrun_finetune_equals_one_process_with_twice_the_batch(
 
     one_metrics = json.loads((one_dir / "metrics.json").read_text())
     two_metrics = json.loads((two_dir / "metrics.json").read_text())
-    assert two_metrics["global_step"] == one_metrics["global_step"] == 18
+    assert two_metrics["global_step"] == one_metrics["global_step"] == 16
+    assert two_metrics["test"] == pytest.approx(one_metrics["test"], rel=1e-4, abs=1e-6)
     one_log = [json.loads(line) for line in (one_dir / "log.jsonl").read_text().splitlines()]
     two_log = [json.loads(line) for line in (two_dir / "log.jsonl").read_text().splitlines()]
     one_losses = [line["loss"] for line in one_log if "loss" in line]
     two_losses = [line["loss"] for line in two_log if "loss" in line]
-    assert len(two_losses) == 18 and two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6)
+    assert len(two_losses) == 16 and two_losses == pytest.approx(one_losses, rel=1e-4, abs=1e-6)
     assert two_losses[-1] < two_losses[0]  # it trained
     one_weights = load_file(str(one_dir / "adapter" / "adapter_model.safetensors"))
     two_weights = load_file(str(two_dir / "adapter" / "adapter_model.safetensors"))
@@ -373,7 +377,7 @@ def test_accelerate_fsdp_config_on_cpu_warns_and_trains_as_data_parallel(
     config.write_text(FSDP_ON_CPU)
     common = ["--model", str(dropout_free_bert_dir), "--data", str(sentiment_csv), "--method", "lora"]
     common += ["--max-length", "32", "--epochs", "1", "--lora-dropout", "0", "--learning-rate", "5e-3"]
-    common += ["--no-progress", "--log-every", "1"]
+    common += ["--no-progress", "--log-every", "1", "--test-examples", "18"]  # 128 training rows: 8 whole steps
     launched = launch_two_processes(
         ["-m", "senslora.cli", "finetune", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "two")],
         accelerate_config=config,
@@ -386,7 +390,7 @@ def test_accelerate_fsdp_config_on_cpu_warns_and_trains_as_data_parallel(
     for name in ("one", "two"):
         lines = (tmp_path / name / "log.jsonl").read_text().splitlines()
         logs[name] = [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
-    assert len(logs["two"]) == 9 and logs["two"] == pytest.approx(logs["one"], rel=1e-4, abs=1e-6)
+    assert len(logs["two"]) == 8 and logs["two"] == pytest.approx(logs["one"], rel=1e-4, abs=1e-6)
     one = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
     two = load_file(str(tmp_path / "two" / "adapter" / "adapter_model.safetensors"))
     assert set(one) == set(two)
