@@ -248,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     table = cells(results)
     metrics = {bed_of(r): r["main_metric"] for r in results if variant(r) not in BASELINES}
     rows = lead_rows(table, metrics)
-    text = render(rows, control_rows(table, metrics))
+    controls = control_rows(table, metrics)
+    text = render(rows, controls)
     (args.results_dir / "lead.md").write_text(text)
     plot(rows, args.results_dir / "lead-forest.png")
     if not args.no_docs:
         for document, senslora_only in DOCUMENTS.items():
-            shown = render(rows, control_rows(table, metrics), senslora_only) if senslora_only else text
+            shown = render(rows, controls, senslora_only) if senslora_only else text
             replace_between_markers(document, shown)
     print(text)
     return 0

@@ -25,7 +25,7 @@ from senslora.finetune.data.sampling import (
 )
 from senslora.finetune.data.sources import _load_source
 from senslora.finetune.data.spec import DataSpec
-from senslora.finetune.data.task_data import TaskData
+from senslora.finetune.data.task_data import TaskData, _Columns
 from senslora.finetune.evaluation.task_metrics import greater_is_better
 
 
@@ -60,7 +60,7 @@ def _metrics_of(task: str, preset: _Preset | None) -> tuple[list[str], str]:
     return list(names), main
 
 
-def _clean_split(frame: pd.DataFrame, columns: Any, split: str, where: str) -> tuple[pd.DataFrame, dict[str, int]]:
+def _clean_split(frame: pd.DataFrame, columns: _Columns, split: str, where: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """`_clean_rows` of one split; refused when nothing, or not even half of the rows, is left."""
     kept, dropped = _clean_rows(frame, columns.texts(), columns.label)
     lost = sum(dropped.values())
