@@ -330,6 +330,21 @@ CATALOGUE = [
         "early",
     ),
     (
+        "test-file-missing",
+        "finetune",
+        ["--test-data", "/nonexistent/test.csv"],
+        "test_split '/nonexistent/test.csv' is not an existing file",
+        "early",
+    ),
+    (
+        "test-data-without-test-split",
+        "finetune",
+        ["--test-data", "{reviews_csv}", "--test-examples", "0"],
+        "test_examples is 0",
+        "early",
+    ),
+    ("test-examples-negative", "finetune", ["--test-examples", "-1"], "test_examples must be >= 0", "early"),
+    (
         "calibration-file-missing",
         "finetune",
         ["--calibration-data", "/nonexistent/cal.csv"],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import datasets
 import pandas as pd
+import pytest
 import torch
 
 from senslora.finetune.data import load_task_data
@@ -99,3 +101,94 @@ def test_evaluating_a_test_split_the_data_does_not_have_is_one_line_exit_2(
         ["evaluate", *options, "--adapter", run_dir / "adapter", "--split", "test", "--test-examples", "0"]
     )
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no test split" in err
+
+
+# ------------------------------------------------------------------------------------ a given test split
+
+
+def test_a_given_test_file_is_the_test_split_and_nothing_is_carved(tmp_path):
+    source = _csv(tmp_path, [f"train text {i}" for i in range(200)], [i % 2 for i in range(200)])
+    test_file = tmp_path / "test.csv"
+    pd.DataFrame({"text": [f"test text {i}" for i in range(30)], "label": [1, 0] * 15}).to_csv(test_file, index=False)
+    data = load_task_data(DataSpec(source, test_split=str(test_file), test_examples=1000))
+    assert sorted(data.test["text"]) == sorted(f"test text {i}" for i in range(30))
+    assert data.test["label"] == [1, 0] * 15
+    assert len(data.train) + len(data.validation) == 200  # no row of train went to test
+    assert data.description["test_origin"] == f"file {str(test_file)!r}"
+
+    # Larger than asked: a sample of the file, the same one for every run seed.
+    small = [load_task_data(DataSpec(source, test_split=str(test_file), test_examples=10, seed=s)) for s in (0, 5)]
+    assert len(small[0].test) == 10 and small[0].test["text"] == small[1].test["text"]
+    assert set(small[0].test["text"]) < set(data.test["text"])
+    assert "a fixed sample of 10 of its 30 rows" in small[0].description["test_origin"]
+
+
+def test_string_labels_of_a_test_file_share_the_training_mapping(tmp_path):
+    train = tmp_path / "train.csv"
+    pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": ["neg", "pos"] * 20}).to_csv(train, index=False)
+    test_file = tmp_path / "test.csv"
+    pd.DataFrame({"text": ["a", "b", "c"], "label": ["pos", "pos", "neg"]}).to_csv(test_file, index=False)
+    data = load_task_data(DataSpec(str(train), test_split=str(test_file), test_examples=100))
+    assert data.label_names == ["neg", "pos"] and data.test["label"] == [1, 1, 0]
+
+
+def _hub_splits(test_labels):
+    features = datasets.Features(
+        {"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["negative", "positive"])}
+    )
+
+    def split(prefix, labels):
+        texts = [f"{prefix} {i}" for i in range(len(labels))]
+        return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+    splits = {"train": split("train", [0, 1] * 50), "validation": split("dev", [0, 1] * 5)}
+    return datasets.DatasetDict(splits | {"test": split("test", test_labels)})
+
+
+def test_a_hub_datasets_labelled_test_split_is_used_and_a_hidden_one_is_carved(monkeypatch):
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: _hub_splits([1, 0, 1, 1]))
+    data = load_task_data(DataSpec("someone/reviews", validation_split="validation", test_examples=1000))
+    assert data.test["text"] == ["test 0", "test 1", "test 2", "test 3"] and data.test["label"] == [1, 0, 1, 1]
+    assert len(data.train) == 100 and data.description["test_origin"] == "split 'test'"
+    assert load_task_data(DataSpec("someone/reviews", test_examples=0)).test is None
+
+    # GLUE-style: the test labels are hidden (-1), so the test split is carved from train instead.
+    monkeypatch.setattr(datasets, "load_dataset", lambda *args: _hub_splits([-1, -1, -1]))
+    hidden = load_task_data(DataSpec("someone/reviews", validation_split="validation", test_examples=1000))
+    assert len(hidden.test) == 20 and all(text.startswith("train ") for text in hidden.test["text"])
+    assert hidden.description["test_origin"].startswith("carved from train")
+    with pytest.raises(ValueError, match="split 'test' has no labelled rows"):
+        load_task_data(DataSpec("someone/reviews", test_split="test", test_examples=1000))
+    with pytest.raises(ValueError, match="has no split 'heldout'"):
+        load_task_data(DataSpec("someone/reviews", test_split="heldout", test_examples=1000))
+
+
+def test_bad_test_data_is_one_clear_error(tmp_path):
+    source = _csv(tmp_path, [f"text {i}" for i in range(50)], [i % 2 for i in range(50)])
+    with pytest.raises(ValueError, match="is not an existing file"):
+        load_task_data(DataSpec(source, test_split=str(tmp_path / "missing.csv"), test_examples=10))
+    with pytest.raises(ValueError, match="ships a single table"):
+        load_task_data(DataSpec("rotten_tomatoes", test_split=source, test_examples=10))
+    with pytest.raises(ValueError, match="test_examples is 0"):
+        DataSpec(source, test_split=source, test_examples=0)
+    unlabelled = tmp_path / "unlabelled.csv"
+    pd.DataFrame({"text": ["a", "b"]}).to_csv(unlabelled, index=False)
+    with pytest.raises(ValueError, match="the test data .* lacks column 'label'"):
+        load_task_data(DataSpec(source, test_split=str(unlabelled), test_examples=10))
+
+
+def test_finetune_and_evaluate_score_a_given_test_file(tiny_bert_dir, sentiment_csv, tmp_path, run_cli):
+    rows = pd.read_csv(sentiment_csv)
+    test_file = tmp_path / "heldout.csv"
+    rows.iloc[:24].to_csv(test_file, index=False)
+    run_dir = tmp_path / "run"
+    options = ["--model", tiny_bert_dir, "--data", sentiment_csv, "--no-progress", "--max-length", "32"]
+    options += ["--test-data", test_file]
+    code, out, err = run_cli(["finetune", *options, "--output-dir", run_dir, "--max-steps", "2"])
+    assert code == 0, err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["data"]["test_examples"] == 24 and "test (24 held-out examples)" in out
+    assert metrics["data"]["train_examples"] + metrics["data"]["validation_examples"] == len(rows)
+    code, out, err = run_cli(["evaluate", *options, "--adapter", run_dir / "adapter", "--split", "test"])
+    assert code == 0, err
+    assert abs(json.loads(out)["accuracy"] - metrics["test"]["accuracy"]) < 1e-6

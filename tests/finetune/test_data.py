@@ -272,7 +272,7 @@ def test_separate_validation_file_and_dropped_rows(tmp_path):
     data = load_task_data(DataSpec(str(train), validation_split=str(validation)))
     assert len(data.train) == len(RECORDS)
     assert _texts(data.validation) == ["okay film"] and data.validation[0]["label"] == 1
-    assert data.description["rows_dropped"] == {"train": 2, "validation": 0}
+    assert data.description["rows_dropped"] == {"train": 2, "validation": 0, "test": 0}
     assert data.description["validation_origin"].startswith("file")
 
 

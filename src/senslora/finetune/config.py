@@ -122,8 +122,13 @@ class DataOptions:
     validation_fraction: float = option(0.1, "share of train used for validation when none is given")
     max_train_examples: int | None = option(2000, "keep a seeded sample of this many training examples (none: all)")
     max_validation_examples: int | None = option(1000, "keep at most this many validation examples (none: all)")
+    test_data: str | None = option(
+        None, "test split name (hub) or file; default: the hub dataset's labelled 'test' split, else carved from train"
+    )
     test_examples: int = option(
-        1000, "hold out a fixed test split of this many training rows (at most a fifth of them; 0: none)"
+        1000,
+        "test split size: a fixed carve of at most this many training rows (and a fifth of them), or a fixed "
+        "sample of a given test split (0: no test split)",
     )
     max_length: int = option(128, "truncate or chunk token sequences to this length")
     trust_remote_code: bool = option(False, "allow model code from the hub (only for models you trust)")

@@ -59,7 +59,7 @@ from senslora.utils.distributed import (
 
 
 def data_spec(config: RunConfig, source: str | None = None) -> DataSpec:
-    """The DataSpec of the training data (or of another source with the same column options)."""
+    """The DataSpec of the training data (or of another source with the same column options, no test data)."""
     return DataSpec(
         source=source or config.data,
         task=config.task,
@@ -70,6 +70,7 @@ def data_spec(config: RunConfig, source: str | None = None) -> DataSpec:
         response_column=config.response_column,
         config_name=config.dataset_config,
         validation_split=config.validation_data,
+        test_split=None if source else config.test_data,  # the test data belongs to the training data
         validation_fraction=config.validation_fraction,
         max_train_examples=config.max_train_examples,
         max_validation_examples=config.max_validation_examples,

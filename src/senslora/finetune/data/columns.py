@@ -135,30 +135,27 @@ def _label_ids(
 
 
 def _classification_labels(
-    train: pd.Series, validation: pd.Series | None, names: Sequence[str] | None, column: str
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Label ids of train and validation and the class names, with one mapping for both."""
-    train_ids, train_raw = _label_ids(train, names, column, "train")
-    validation_ids, validation_raw = (
-        (None, []) if validation is None else _label_ids(validation, names, column, "validation")
-    )
+    splits: dict[str, pd.Series], names: Sequence[str] | None, column: str
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Label ids of every split ("train" first) and the class names, with one mapping for all of them."""
+    found = {split: _label_ids(values, names, column, split) for split, values in splits.items()}
     if names is None:
-        kinds = {type(v) for v in train_raw + validation_raw}
-        if len(kinds) > 1:
-            train_raw, validation_raw = [str(v) for v in train_raw], [str(v) for v in validation_raw]
-        distinct = sorted(set(train_raw) | set(validation_raw))
+        raw = {split: values for split, (_, values) in found.items()}
+        if len({type(v) for values in raw.values() for v in values}) > 1:
+            raw = {split: [str(v) for v in values] for split, values in raw.items()}
+        distinct = sorted({v for values in raw.values() for v in values})
         index = {value: i for i, value in enumerate(distinct)}
         names = [str(value) for value in distinct]
-        train_ids = np.array([index[v] for v in train_raw], dtype=np.int64)
-        if validation is not None:
-            validation_ids = np.array([index[v] for v in validation_raw], dtype=np.int64)
-    present = sorted(set(train_ids.tolist()))
+        ids = {split: np.array([index[v] for v in values], dtype=np.int64) for split, values in raw.items()}
+    else:
+        ids = {split: split_ids for split, (split_ids, _) in found.items()}
+    present = sorted(set(ids["train"].tolist()))
     if len(present) < 2:
-        found = [names[i] for i in present]
+        kept = [names[i] for i in present]
         raise ValueError(
-            f"classification needs at least two classes; the train labels in column {column!r} hold only {found}"
+            f"classification needs at least two classes; the train labels in column {column!r} hold only {kept}"
         )
-    return train_ids, validation_ids, list(names)
+    return ids, list(names)
 
 
 def _regression_labels(values: pd.Series, column: str, where: str) -> np.ndarray:
@@ -211,37 +208,35 @@ def _resolve_columns(spec: DataSpec, source: _Source) -> tuple[str, _Columns]:
                 "--label-column (or another text column with --text-column)"
             )
         resolved = _Columns(text=text, text_pair=found.text_pair, label=label)
-    if source.validation is not None:
-        wanted = [*resolved.texts(), *([resolved.label] if resolved.label else [])]
-        missing = [c for c in wanted if c not in source.validation.columns]
+    wanted = [*resolved.texts(), *([resolved.label] if resolved.label else [])]
+    held_out = (("validation", source.validation, source.validation_origin), ("test", source.test, source.test_origin))
+    for split, frame, origin in held_out:
+        missing = [] if frame is None else [c for c in wanted if c not in frame.columns]
         if missing:
-            available = ", ".join(str(c) for c in source.validation.columns)
-            raise ValueError(
-                f"the validation data ({source.validation_origin}) lacks column {missing[0]!r}; "
-                f"available columns: {available}"
-            )
+            available = ", ".join(str(c) for c in frame.columns)
+            raise ValueError(f"the {split} data ({origin}) lacks column {missing[0]!r}; available columns: {available}")
     return task, resolved
 
 
 def _apply_labels(
-    task: str, train: pd.DataFrame, validation: pd.DataFrame | None, column: str, names: Sequence[str] | None
+    task: str, splits: dict[str, pd.DataFrame | None], column: str, names: Sequence[str] | None
 ) -> tuple[list[str] | None, int | None]:
-    """Turn the "label" column of train (and validation) into class ids or floats, in place.
+    """Turn the "label" column of every split given ("train", then validation, test) into class ids or floats,
+    in place; a split given as None is skipped.
 
     Returns:
         The class names and their count (classification), (None, 1) for regression, (None, None) otherwise.
     """
+    frames = {split: frame for split, frame in splits.items() if frame is not None}
     if task == "classification":
-        train_ids, validation_ids, label_names = _classification_labels(
-            train["label"], None if validation is None else validation["label"], names, column
+        ids, label_names = _classification_labels(
+            {split: frame["label"] for split, frame in frames.items()}, names, column
         )
-        train["label"] = train_ids
-        if validation is not None:
-            validation["label"] = validation_ids
+        for split, frame in frames.items():
+            frame["label"] = ids[split]
         return label_names, len(label_names)
     if task == "regression":
-        train["label"] = _regression_labels(train["label"], column, "train")
-        if validation is not None:
-            validation["label"] = _regression_labels(validation["label"], column, "validation")
+        for split, frame in frames.items():
+            frame["label"] = _regression_labels(frame["label"], column, split)
         return None, 1
     return None, None

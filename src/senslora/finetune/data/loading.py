@@ -15,6 +15,7 @@ from senslora.finetune.data.presets import TASK_METRICS, _Preset
 from senslora.finetune.data.sampling import (
     _CALIBRATION_BLOCK_STREAM,
     _CALIBRATION_STREAM,
+    _TEST_CAP_STREAM,
     _TRAIN_CAP_STREAM,
     _VALIDATION_CAP_STREAM,
     TEST_SEED,
@@ -100,17 +101,27 @@ def load_task_data(spec: DataSpec) -> TaskData:
         validation, dropped_validation = _clean_split(
             source.validation, columns, "validation", str(source.validation_origin)
         )
+    given_test, dropped_test = None, {}
+    if source.test is not None and spec.test_examples:
+        given_test, dropped_test = _clean_split(source.test, columns, "test", str(source.test_origin))
 
     # Class names: the preset's when it describes this task, else the source's own (e.g. a hub ClassLabel);
     # the label column becomes class ids (classification) or floats (regression).
     preset = source.preset
     names = preset.label_names if preset is not None and preset.task == task else None
     names = names or source.class_names.get(columns.label or "")
-    label_names, num_labels = _apply_labels(task, train, validation, columns.label or "", names)
+    splits = {"train": train, "validation": validation, "test": given_test}
+    label_names, num_labels = _apply_labels(task, splits, columns.label or "", names)
 
-    # The held-out test split first, from train, with its own fixed seed: whole groups of equal texts only.
+    # The held-out test split first: the source's own (a fixed sample of it when larger than asked), else one
+    # carved from train with its own fixed seed, whole groups of equal texts only.
     test, test_origin = None, None
-    if spec.test_examples:
+    if given_test is not None:
+        test = _cap(given_test, spec.test_examples, TEST_SEED, _TEST_CAP_STREAM)
+        test_origin = str(source.test_origin)
+        if len(test) < len(given_test):
+            test_origin += f", a fixed sample of {len(test)} of its {len(given_test)} rows"
+    elif spec.test_examples:
         keys = train[columns.texts()].astype(str).agg("\x1f".join, axis=1).tolist()
         train_index, test_index = _carve_test(keys, spec.test_examples)
         if len(test_index):
@@ -146,11 +157,16 @@ def load_task_data(spec: DataSpec) -> TaskData:
         "validation_origin": origin,
         "test_examples": 0 if test is None else len(test),
         "test_origin": test_origin,
-        "rows_dropped": {"train": sum(dropped_train.values()), "validation": sum(dropped_validation.values())},
-        "rows_dropped_by_column": {"train": dropped_train, "validation": dropped_validation},
+        "rows_dropped": {
+            "train": sum(dropped_train.values()),
+            "validation": sum(dropped_validation.values()),
+            "test": sum(dropped_test.values()),
+        },
+        "rows_dropped_by_column": {"train": dropped_train, "validation": dropped_validation, "test": dropped_test},
         "rows_read": {
             "train": len(source.train),
             "validation": 0 if source.validation is None else len(source.validation),
+            "test": 0 if given_test is None else len(source.test),
         },
         "seed": spec.seed,
         "label_names": label_names,

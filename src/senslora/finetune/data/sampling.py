@@ -9,7 +9,7 @@ import pandas as pd
 
 # Seeds of the independent random streams: numpy.random.default_rng([seed, purpose]).
 _SPLIT_STREAM, _TRAIN_CAP_STREAM, _VALIDATION_CAP_STREAM, _CALIBRATION_STREAM, _CALIBRATION_BLOCK_STREAM = 0, 1, 2, 3, 4
-_TEST_STREAM = 5
+_TEST_STREAM, _TEST_CAP_STREAM = 5, 6
 # The test split's seed is fixed, not the run's: every seed and method of a comparison scores the same held-out
 # rows, and no choice made on validation (epoch, learning rate, seeds) ever sees them.
 TEST_SEED = 0

@@ -56,10 +56,10 @@ def _source_kind(spec: DataSpec) -> tuple[str, str]:
     )
 
 
-def _validation_from_file(value: str, file_format: str | None) -> tuple[pd.DataFrame, str] | None:
+def _split_from_file(value: str, file_format: str | None, split: str) -> tuple[pd.DataFrame, str] | None:
     path = Path(value).expanduser()
     if path.is_file():
-        return _read_table(path, file_format, what="validation file"), f"file {str(path)!r}"
+        return _read_table(path, file_format, what=f"{split} file"), f"file {str(path)!r}"
     return None
 
 
@@ -97,15 +97,36 @@ def _load_hub(name: str, spec: DataSpec, config_name: str | None, preset: _Prese
             validation, unlabelled_validation = frame_of(wanted)
             origin = f"split {wanted!r}"
         else:
-            from_file = _validation_from_file(wanted, spec.file_format)
+            from_file = _split_from_file(wanted, spec.file_format, "validation")
             if from_file is None:
                 raise ValueError(
                     f"{label} has no split {wanted!r} and no such file exists; splits: {', '.join(splits)}"
                 )
             validation, origin = from_file
-    details = {"splits": splits, "unlabelled_rows_dropped": unlabelled_train + unlabelled_validation}
+
+    # The test split: the one named, else the dataset's own labelled "test" split (GLUE's test labels are
+    # hidden: that one is left for a carve from train).
+    test, test_origin, unlabelled_test = None, None, 0
+    if spec.test_split is not None:
+        if spec.test_split in loaded:
+            test, unlabelled_test = frame_of(spec.test_split)
+            test_origin = f"split {spec.test_split!r}"
+            if test.empty:
+                raise ValueError(f"{label} split {spec.test_split!r} has no labelled rows to test on")
+        else:
+            from_file = _split_from_file(spec.test_split, spec.file_format, "test")
+            if from_file is None:
+                raise ValueError(
+                    f"{label} has no split {spec.test_split!r} and no such file exists; splits: {', '.join(splits)}"
+                )
+            test, test_origin = from_file
+    elif spec.test_examples and "test" in loaded and "test" not in (spec.train_split, wanted):
+        own, unlabelled = frame_of("test")
+        if not own.empty:
+            test, test_origin, unlabelled_test = own, "split 'test'", unlabelled
+    details = {"splits": splits, "unlabelled_rows_dropped": unlabelled_train + unlabelled_validation + unlabelled_test}
     location = f"{name} ({config_name})" if config_name else name
-    return _Source(kind, location, train, validation, origin, preset, class_names, details)
+    return _Source(kind, location, train, validation, origin, preset, class_names, details, test, test_origin)
 
 
 def _load_source(spec: DataSpec) -> _Source:
@@ -129,6 +150,11 @@ def _load_source(spec: DataSpec) -> _Source:
                 f"offline source {key!r} ships a single table; leave the validation data unset (--validation-data, "
                 "DataSpec.validation_split) so that validation_fraction of it is carved out"
             )
+        if spec.test_split is not None:
+            raise ValueError(
+                f"offline source {key!r} ships a single table; leave the test data unset (--test-data, "
+                "DataSpec.test_split) so that a test split of test_examples rows is carved out"
+            )
         if spec.train_split != "train":
             raise ValueError(f"offline source {key!r} has only a 'train' split, not {spec.train_split!r}")
         table, location, details = _OFFLINE_LOADERS[key]()
@@ -137,11 +163,20 @@ def _load_source(spec: DataSpec) -> _Source:
     train = _read_table(path, spec.file_format)
     validation, origin = None, None
     if spec.validation_split is not None:
-        from_file = _validation_from_file(spec.validation_split, spec.file_format)
+        from_file = _split_from_file(spec.validation_split, spec.file_format, "validation")
         if from_file is None:
             raise ValueError(
                 f"validation_split {spec.validation_split!r} is not an existing file; a local data file has no "
                 "named splits (give a validation file, or None to carve validation_fraction out of train)"
             )
         validation, origin = from_file
-    return _Source("file", str(path), train, validation, origin, preset, {}, {})
+    test, test_origin = None, None
+    if spec.test_split is not None:
+        from_file = _split_from_file(spec.test_split, spec.file_format, "test")
+        if from_file is None:
+            raise ValueError(
+                f"test_split {spec.test_split!r} is not an existing file; a local data file has no named splits "
+                "(give a test file, or None to carve test_examples rows out of train)"
+            )
+        test, test_origin = from_file
+    return _Source("file", str(path), train, validation, origin, preset, {}, {}, test, test_origin)

@@ -27,9 +27,11 @@ class DataSpec:
             (GLUE presets default to their validation split).
         validation_fraction: share of train carved out as validation, in (0, 1).
         max_train_examples, max_validation_examples: keep a seeded random subset of at most this many.
-        test_examples: carve a held-out test split of at most this many rows (and at most a fifth) out of
-            train, before validation is carved and train capped; its seed is fixed, so every run seed shares
-            it. 0: no test split.
+        test_split: a split name (hub) or a file path to test on, or None: a hub dataset's own labelled
+            "test" split when it has one, else a carve from train (see `test_examples`).
+        test_examples: the test split's size: a carve takes at most this many rows (and at most a fifth) out
+            of train, before validation is carved and train capped; a given or hub test split keeps a sample
+            of at most this many. Its seed is fixed, so every run seed shares it. 0: no test split.
         seed: seed of every random choice.
         file_format: csv, tsv, json, jsonl or txt; None reads it from the file suffix.
         preset: a GLUE preset whose columns, label names and metrics apply to a local file or hub dataset.
@@ -48,6 +50,7 @@ class DataSpec:
     validation_fraction: float = 0.1
     max_train_examples: int | None = None
     max_validation_examples: int | None = None
+    test_split: str | None = None
     test_examples: int = 0
     seed: int = 0
     file_format: str | None = None
@@ -72,6 +75,13 @@ class DataSpec:
         count = self.test_examples
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"test_examples must be a non-negative integer, got {count!r}")
+        if self.test_split is not None:
+            if not isinstance(self.test_split, str) or not self.test_split.strip():
+                raise ValueError(f"test_split must be a non-empty string or None, got {self.test_split!r}")
+            if count == 0:
+                raise ValueError("test_split is given but test_examples is 0 (no test split); give test_examples > 0")
+            if self.test_split in (self.train_split, self.validation_split):
+                raise ValueError(f"test_split {self.test_split!r} is also the train or validation split")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if not isinstance(self.train_split, str) or not self.train_split:

@@ -60,6 +60,8 @@ class _Source:
     preset: _Preset | None
     class_names: dict[str, list[str]]
     details: dict[str, Any]
+    test: pd.DataFrame | None = None
+    test_origin: str | None = None
 
 
 @dataclass(frozen=True)
