@@ -38,8 +38,14 @@ def word_text(tmp_path_factory):
 def _nf4_base(directory):
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    from senslora.finetune.model_loading import keep_4bit_weights_unpacked
+
     config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
-    return AutoModelForCausalLM.from_pretrained(directory, quantization_config=config, device_map={"": "cpu"})
+    model = AutoModelForCausalLM.from_pretrained(directory, quantization_config=config, device_map={"": "cpu"})
+    # The tiny model's 32-wide layers are narrower than one 4-bit block (64), which bitsandbytes' AVX512-BF16
+    # eval-time repacking cannot handle; the weights themselves are the stock load's.
+    keep_4bit_weights_unpacked(model)
+    return model
 
 
 def test_nf4_finetune_through_the_cli_reloads_with_stock_peft(run_cli, tiny_llama_dir, word_text, tmp_path):
@@ -150,3 +156,21 @@ def test_baselines_train_on_an_nf4_base(method, steps, run_cli, tiny_llama_dir, 
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert config["peft_type"] == ("ADALORA" if method == "adalora" else "LORA")
     assert json.loads((run / "adapter" / "senslora.json").read_text())["model_loading"]["quantization"] == "nf4"
+
+
+def test_4bit_layers_stay_in_the_portable_layout_through_eval_and_training(tiny_llama_dir):
+    """bitsandbytes repacks 4-bit weights for AVX512-BF16 CPUs at the first no-grad eval forward; senslora
+    turns that off on every Linear4bit so training after an evaluation still runs (checked on any CPU)."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from senslora.finetune.model_loading import keep_4bit_weights_unpacked
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=config, device_map={"": "cpu"})
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert keep_4bit_weights_unpacked(model) == len(layers) > 0
+    assert not any(layer.support_avx512bf16_for_cpu for layer in layers)
+    batch = torch.randint(3, 30, (2, 10))
+    with torch.no_grad():
+        model.eval()(input_ids=batch)
+    assert not any(getattr(layer.weight.quant_state, "packing_format_for_cpu", False) for layer in layers)

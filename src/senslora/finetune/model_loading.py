@@ -205,3 +205,19 @@ def check_offload_folder(folder: str) -> None:
 def is_quantized(model: torch.nn.Module) -> bool:
     """True for a model loaded in 4 or 8 bits by bitsandbytes."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def keep_4bit_weights_unpacked(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' AVX512-BF16 CPU repacking of 4-bit weights; returns how many layers it touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight the first time it runs in eval
+    mode without gradients; the repacked layer then fails in training (an in-place bias add on a tensor that
+    needs grad) and for layers narrower than one quantization block (64 inputs). Training and calibration
+    alternate between the modes, so the weights stay in the portable layout.
+    """
+    touched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            touched += 1
+    return touched

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from senslora.finetune.model_loading import LoadSettings
+from senslora.finetune.model_loading import LoadSettings, keep_4bit_weights_unpacked
 from senslora.utils.io import atomic_directory
 
 MODEL_ALIASES = {
@@ -243,6 +243,7 @@ def load_model_and_tokenizer(
     except Exception as error:  # missing, damaged or foreign files and hub failures all mean: not loadable
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ValueError(f"model {name_or_path!r} cannot be loaded: {first_line}") from None
+    keep_4bit_weights_unpacked(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
