@@ -63,6 +63,17 @@ def _split_from_file(value: str, file_format: str | None, split: str) -> tuple[p
     return None
 
 
+def _local_split_file(value: str, file_format: str | None, split: str, carved: str) -> tuple[pd.DataFrame, str]:
+    """The held-out split of a local data file: another file (a file has no named splits)."""
+    from_file = _split_from_file(value, file_format, split)
+    if from_file is None:
+        raise ValueError(
+            f"{split}_split {value!r} is not an existing file; a local data file has no named splits "
+            f"(give a {split} file, or None to carve {carved} out of train)"
+        )
+    return from_file
+
+
 def _load_hub(name: str, spec: DataSpec, config_name: str | None, preset: _Preset | None, kind: str) -> _Source:
     label = f"dataset {name!r}" + (f" ({config_name})" if config_name else "")
     try:
@@ -89,37 +100,29 @@ def _load_hub(name: str, spec: DataSpec, config_name: str | None, preset: _Prese
                 unlabelled |= frame[column].to_numpy() < 0
         return frame[~unlabelled].reset_index(drop=True), int(unlabelled.sum())
 
+    def named(value: str, split: str) -> tuple[pd.DataFrame, str, int]:
+        """A held-out split given by name: the dataset's split of that name, else a file."""
+        if value in loaded:
+            frame, unlabelled = frame_of(value)
+            return frame, f"split {value!r}", unlabelled
+        from_file = _split_from_file(value, spec.file_format, split)
+        if from_file is None:
+            raise ValueError(f"{label} has no split {value!r} and no such file exists; splits: {', '.join(splits)}")
+        return *from_file, 0
+
     train, unlabelled_train = frame_of(spec.train_split)
     validation, origin, unlabelled_validation = None, None, 0
     wanted = spec.validation_split if spec.validation_split is not None else (preset and preset.validation_split)
     if wanted:
-        if wanted in loaded:
-            validation, unlabelled_validation = frame_of(wanted)
-            origin = f"split {wanted!r}"
-        else:
-            from_file = _split_from_file(wanted, spec.file_format, "validation")
-            if from_file is None:
-                raise ValueError(
-                    f"{label} has no split {wanted!r} and no such file exists; splits: {', '.join(splits)}"
-                )
-            validation, origin = from_file
+        validation, origin, unlabelled_validation = named(wanted, "validation")
 
     # The test split: the one named, else the dataset's own labelled "test" split (GLUE's test labels are
     # hidden: that one is left for a carve from train).
     test, test_origin, unlabelled_test = None, None, 0
     if spec.test_split is not None:
-        if spec.test_split in loaded:
-            test, unlabelled_test = frame_of(spec.test_split)
-            test_origin = f"split {spec.test_split!r}"
-            if test.empty:
-                raise ValueError(f"{label} split {spec.test_split!r} has no labelled rows to test on")
-        else:
-            from_file = _split_from_file(spec.test_split, spec.file_format, "test")
-            if from_file is None:
-                raise ValueError(
-                    f"{label} has no split {spec.test_split!r} and no such file exists; splits: {', '.join(splits)}"
-                )
-            test, test_origin = from_file
+        test, test_origin, unlabelled_test = named(spec.test_split, "test")
+        if spec.test_split in loaded and test.empty:
+            raise ValueError(f"{label} split {spec.test_split!r} has no labelled rows to test on")
     elif spec.test_examples and "test" in loaded and "test" not in (spec.train_split, wanted):
         own, unlabelled = frame_of("test")
         if not own.empty:
@@ -163,20 +166,10 @@ def _load_source(spec: DataSpec) -> _Source:
     train = _read_table(path, spec.file_format)
     validation, origin = None, None
     if spec.validation_split is not None:
-        from_file = _split_from_file(spec.validation_split, spec.file_format, "validation")
-        if from_file is None:
-            raise ValueError(
-                f"validation_split {spec.validation_split!r} is not an existing file; a local data file has no "
-                "named splits (give a validation file, or None to carve validation_fraction out of train)"
-            )
-        validation, origin = from_file
+        validation, origin = _local_split_file(
+            spec.validation_split, spec.file_format, "validation", "validation_fraction"
+        )
     test, test_origin = None, None
     if spec.test_split is not None:
-        from_file = _split_from_file(spec.test_split, spec.file_format, "test")
-        if from_file is None:
-            raise ValueError(
-                f"test_split {spec.test_split!r} is not an existing file; a local data file has no named splits "
-                "(give a test file, or None to carve test_examples rows out of train)"
-            )
-        test, test_origin = from_file
+        test, test_origin = _local_split_file(spec.test_split, spec.file_format, "test", "test_examples rows")
     return _Source("file", str(path), train, validation, origin, preset, {}, {}, test, test_origin)
