@@ -76,6 +76,16 @@ def _clean_split(frame: pd.DataFrame, columns: _Columns, split: str, where: str)
     return kept, dropped
 
 
+def _text_keys(frame: pd.DataFrame, columns: _Columns) -> list[str]:
+    """One key per row: its text columns joined, so rows with equal texts have equal keys."""
+    return frame[columns.texts()].astype(str).agg("\x1f".join, axis=1).tolist()
+
+
+def held_out_overlap_line(split: str, shared: int, total: int) -> str:
+    """ "test: 12 of 500 rows have a text that is also in train (its scores are optimistic)"."""
+    return f"{split}: {shared} of {total} rows have a text that is also in train (its scores are optimistic)"
+
+
 def dropped_rows_line(split: str, lost: int, total: int, by_column: dict[str, int]) -> str:
     """ "train: 9 of 60 rows dropped (empty 'label': 9)"."""
     reasons = ", ".join(f"empty {column!r}: {count}" for column, count in by_column.items())
@@ -122,8 +132,7 @@ def load_task_data(spec: DataSpec) -> TaskData:
         if len(test) < len(given_test):
             test_origin += f", a fixed sample of {len(test)} of its {len(given_test)} rows"
     elif spec.test_examples:
-        keys = train[columns.texts()].astype(str).agg("\x1f".join, axis=1).tolist()
-        train_index, test_index = _carve_test(keys, spec.test_examples)
+        train_index, test_index = _carve_test(_text_keys(train, columns), spec.test_examples)
         if len(test_index):
             test = train.iloc[test_index].reset_index(drop=True)
             train = train.iloc[train_index].reset_index(drop=True)
@@ -139,6 +148,12 @@ def load_task_data(spec: DataSpec) -> TaskData:
         origin = f"carved from train: fraction {spec.validation_fraction}, seed {spec.seed}"
     train = _cap(train, spec.max_train_examples, spec.seed, _TRAIN_CAP_STREAM)
     validation = _cap(validation, spec.max_validation_examples, spec.seed, _VALIDATION_CAP_STREAM)
+    seen = _text_keys(train, columns)
+    held_out_in_train = {
+        split: int(sum(key in seen for key in _text_keys(frame, columns)))
+        for split, frame in (("validation", validation), ("test", test))
+        if frame is not None
+    }
 
     # What the run records of its data (`data` in its metrics.json): its origin, how it was read and split.
     metric_names, main_metric = _metrics_of(task, preset)
@@ -163,6 +178,7 @@ def load_task_data(spec: DataSpec) -> TaskData:
             "test": sum(dropped_test.values()),
         },
         "rows_dropped_by_column": {"train": dropped_train, "validation": dropped_validation, "test": dropped_test},
+        "held_out_rows_in_train": held_out_in_train,
         "rows_read": {
             "train": len(source.train),
             "validation": 0 if source.validation is None else len(source.validation),
