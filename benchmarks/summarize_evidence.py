@@ -7,7 +7,8 @@ For every test bed (a results group), paired by seed:
   shuffled (`shuffled`), at the control learning rate. gain = senslora - control for a metric where higher
   is better (accuracy), control - senslora where lower is better (perplexity), so a positive gain always
   means senslora is better. A test bed *discriminates* when the inverse or shuffled gain exceeds its paired
-  standard deviation.
+  standard deviation (the earlier, uncorrected reading: a paired t above sqrt(n); `lead_table.py` gives the
+  95 % intervals and Holm-corrected verdicts).
 - "senslora vs tuned LoRA": each method at its own best learning rate (best mean over the seeds its
   swept cells share, so seeds added at one learning rate do not decide it), gain paired
   by seed (over the seeds both have); the senslora and tuned LoRA columns average every seed of their
@@ -189,7 +190,7 @@ def summarize(results: list[dict[str, Any]]) -> str:
     beds = sorted(bed for bed in metrics if any(b == bed and v not in BASELINES for (b, v, _) in table))
     lines = ["## Does allocation matter, and does senslora win? (paired by seed)", ""]
     lines += [
-        "| test bed | metric | senslora − inverse | senslora − shuffled | discriminates? | senslora (best lr) "
+        "| test bed | metric | senslora − inverse | senslora − shuffled | discriminates? (mean > SD) | senslora (best lr) "
         "− tuned LoRA (best lr) | senslora | tuned LoRA | no adapter |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
