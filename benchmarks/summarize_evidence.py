@@ -190,8 +190,8 @@ def summarize(results: list[dict[str, Any]]) -> str:
     beds = sorted(bed for bed in metrics if any(b == bed and v not in BASELINES for (b, v, _) in table))
     lines = ["## Does allocation matter, and does senslora win? (paired by seed)", ""]
     lines += [
-        "| test bed | metric | senslora − inverse | senslora − shuffled | discriminates? (mean > SD) | senslora (best lr) "
-        "− tuned LoRA (best lr) | senslora | tuned LoRA | no adapter |",
+        "| test bed | metric | senslora − inverse | senslora − shuffled | discriminates? (mean > SD) "
+        "| senslora (best lr) − tuned LoRA (best lr) | senslora | tuned LoRA | no adapter |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for bed in beds:
