@@ -27,6 +27,7 @@ from torch import nn
 from senslora.core.artifacts import RANKS_FILE, SENSITIVITY_FILE, load_ranks_file, load_sensitivity_file
 from senslora.core.metrics import sensitivities_to_json
 from senslora.finetune.config import RunConfig
+from senslora.finetune.data import held_out_overlap_lines
 from senslora.finetune.environment import package_versions
 from senslora.finetune.evaluation.evaluate import evaluate_model
 from senslora.finetune.evaluation.saved_adapter import evaluate_adapter
@@ -245,6 +246,9 @@ def _finetune(config: RunConfig, new_run_dir: NewRunDirectory) -> dict[str, Any]
         if main:
             shown = ", ".join(f"{name} {value:.4g}" for name, value in test_metrics.items())
             print(f"test ({len(data.test)} held-out examples): {shown}")
+    if main:
+        for line in held_out_overlap_lines(data.description):
+            print(line)
     # 9. metrics.json last: its presence marks the run finished.
     metrics = {
         "method": config.method,

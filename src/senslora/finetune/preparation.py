@@ -7,7 +7,6 @@ task suits the model is read from its config.json before any weights are loaded.
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,6 @@ from senslora.finetune.data import (
     calibration_block_sample,
     calibration_subset,
     dropped_rows_line,
-    held_out_overlap_line,
     load_calibration_source,
     load_task_data,
 )
@@ -138,9 +136,6 @@ def load_reported(spec: DataSpec) -> TaskData:
         for split, by_column in described["rows_dropped_by_column"].items():
             if by_column:
                 print(dropped_rows_line(split, sum(by_column.values()), described["rows_read"][split], by_column))
-        for split, shared in described["held_out_rows_in_train"].items():
-            if shared:
-                print(held_out_overlap_line(split, shared, described[f"{split}_examples"]), file=sys.stderr)
     return data
 
 

@@ -42,7 +42,7 @@ from senslora.finetune.data.loading import (
     calibration_block_sample,
     calibration_subset,
     dropped_rows_line,
-    held_out_overlap_line,
+    held_out_overlap_lines,
     load_calibration_source,
     load_task_data,
 )
@@ -80,7 +80,7 @@ __all__ = [
     "calibration_subset",
     "dropped_rows_line",
     "glue_preset",
-    "held_out_overlap_line",
+    "held_out_overlap_lines",
     "load_calibration_source",
     "load_task_data",
     "strip_wiki_markup",

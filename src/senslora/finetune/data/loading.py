@@ -81,9 +81,15 @@ def _text_keys(frame: pd.DataFrame, columns: _Columns) -> list[str]:
     return frame[columns.texts()].astype(str).agg("\x1f".join, axis=1).tolist()
 
 
-def held_out_overlap_line(split: str, shared: int, total: int) -> str:
-    """ "test: 12 of 500 rows have a text that is also in train (its scores are optimistic)"."""
-    return f"{split}: {shared} of {total} rows have a text that is also in train (its scores are optimistic)"
+def held_out_overlap_lines(description: dict[str, Any]) -> list[str]:
+    """One line per held-out split that shares texts with train (a run's `data` description), e.g.
+    "test: 12 of 500 rows have a text that is also in train (its scores are optimistic)"."""
+    return [
+        f"{split}: {shared} of {description[f'{split}_examples']} rows have a text that is also in train "
+        "(its scores are optimistic)"
+        for split, shared in description["held_out_rows_in_train"].items()
+        if shared
+    ]
 
 
 def dropped_rows_line(split: str, lost: int, total: int, by_column: dict[str, int]) -> str:
