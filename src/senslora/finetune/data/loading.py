@@ -154,9 +154,9 @@ def load_task_data(spec: DataSpec) -> TaskData:
         origin = f"carved from train: fraction {spec.validation_fraction}, seed {spec.seed}"
     train = _cap(train, spec.max_train_examples, spec.seed, _TRAIN_CAP_STREAM)
     validation = _cap(validation, spec.max_validation_examples, spec.seed, _VALIDATION_CAP_STREAM)
-    seen = _text_keys(train, columns)
+    seen = set(_text_keys(train, columns))
     held_out_in_train = {
-        split: int(sum(key in seen for key in _text_keys(frame, columns)))
+        split: sum(key in seen for key in _text_keys(frame, columns))
         for split, frame in (("validation", validation), ("test", test))
         if frame is not None
     }
