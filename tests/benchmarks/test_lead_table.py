@@ -96,3 +96,30 @@ def test_the_readme_form_shows_senslora_alone_with_verdicts_corrected_over_every
     full, readme = lead.render(rows, {}), lead.render(rows, {}, senslora_only=True)
     assert "| eva " in full and "| eva " not in readme and "| senslora " in readme
     assert "the 2 comparisons" in readme  # the family is the whole table, not the rows shown
+
+
+def test_a_bed_rerun_on_test_replaces_every_run_of_that_bed_and_no_other(lead, tmp_path):
+    first, rerun = tmp_path / "evidence", tmp_path / "evidence-reruns"
+    first.mkdir()
+    rerun.mkdir()
+    old, new = [], []
+    for seed in range(3):
+        # The first run (validation only): senslora far ahead; the other bed is left as it is.
+        old.append(_result("bed", "lora", 1e-3, seed, 0.70))
+        old.append(_result("bed", "senslora", 1e-3, seed, 0.90))
+        old.append(_result("bed", "lora", 4e-3, seed, 0.60))  # an lr the rerun did not sweep
+        old.append(_result("other", "lora", 1e-3, seed, 0.50))
+        old.append(_result("other", "senslora", 1e-3, seed, 0.52))
+        # The rerun: new splits, test metrics; senslora behind by 0.01, 0.02, 0.03 on test.
+        new.append(_result("bed", "lora", 1e-3, seed, 0.80, test=0.80))
+        new.append(_result("bed", "senslora", 1e-3, seed, 0.80, test=0.79 - 0.01 * seed))
+    _write(first, old)
+    _write(rerun, new)
+    assert lead.main(["--results-dir", str(first), "--no-docs"]) == 0
+    text = (first / "lead.md").read_text()
+    (bed_row,) = [line for line in text.splitlines() if line.startswith("| bed (")]
+    (other_row,) = [line for line in text.splitlines() if line.startswith("| other (")]
+    assert "| test | -2.00 pt |" in bed_row and "0/3" in bed_row  # the old +20 points are gone
+    assert "| validation | +2.00 pt |" in other_row
+    merged = lead.cells(lead.with_reruns(lead.load(first), lead.load(rerun)))
+    assert ("bed", "lora", 4e-3) not in merged and ("other", "lora", 1e-3) in merged
