@@ -3,9 +3,11 @@
     python benchmarks/lead_table.py      # writes results/evidence/lead.md and lead-forest.png, and the
                                          # table between the lead-table markers of README.md and BENCHMARKS.md
 
-An earlier bed rerun whole on the test split (its runs in results/evidence-reruns, written by
-`run.py --results-dir benchmarks/results/evidence-reruns`) takes that bed's place in the table: the rerun's
-splits differ from the first run's (the test carve moved train and validation), so the two are never mixed.
+An earlier bed rerun on the test split (its runs in results/evidence-reruns, written by `run.py
+--results-dir benchmarks/results/evidence-reruns`) takes that bed's place for every method it reran, with its
+own uniform LoRA; a method only the first run has stays compared with the first run's LoRA, as the bed
+"<bed>, first run" (validation). The rerun's splits differ from the first run's (the test carve moved train
+and validation), so no comparison mixes the two.
 
 Per bed and method, paired by seed: the learning rate of each arm (uniform LoRA, and each allocator) is
 chosen on the validation split (`pick_learning_rate`: best mean over the seeds its swept cells share);
@@ -44,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = {ROOT / "README.md": True, ROOT / "BENCHMARKS.md": False}
 START, END = "<!-- lead-table:start -->", "<!-- lead-table:end -->"
 RERUNS = RESULTS.parent / "evidence-reruns"
+FIRST_RUN = ", first run"  # the bed label of a rerun bed's methods that only its first run has
 BED_ORDER = ("mpnet", "minilm", "minilm-r1", "minilm-r2", "smollm2-wiki", "smollm2-wiki-r1", "smollm2-hamlet")
 
 # (bed, variant, learning rate) -> {seed: (validation metric, test metric or None)}
@@ -75,10 +78,19 @@ def cells(results: list[dict[str, Any]]) -> Cells:
 
 
 def with_reruns(results: list[dict[str, Any]], reruns: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every bed that has runs in `reruns` loses all of its runs in `results` to them (one bed, one split
-    layout); the other beds are kept as they are."""
-    rerun_beds = {bed_of(r) for r in reruns}
-    return [r for r in results if bed_of(r) not in rerun_beds] + reruns
+    """The first run's results of every bed in `reruns` give way to the rerun for each method the rerun has;
+    the methods it lacks keep their first-run results and the first run's LoRA under the bed "<bed>, first
+    run". Beds not rerun are kept as they are."""
+    rerun_methods: dict[str, set[str]] = defaultdict(set)
+    for result in reruns:
+        rerun_methods[bed_of(result)].add(variant(result))
+    merged = [r for r in results if bed_of(r) not in rerun_methods]
+    for bed, methods in rerun_methods.items():
+        first_run = [r for r in results if bed_of(r) == bed]
+        left = {variant(r) for r in first_run} - methods - {"lora", *CONTROL_NAMES, *BASELINES}
+        kept = [r for r in first_run if variant(r) in left or variant(r) == "lora"] if left else []
+        merged += [r | {"group": f"{r['group']}{FIRST_RUN}"} for r in kept]
+    return merged + reruns
 
 
 def tuned_lr(table: Cells, bed: str, name: str, metric: str) -> float | None:
@@ -102,9 +114,15 @@ def comparison_of(diffs: list[float]) -> Paired | None:
     return paired(diffs) if len(diffs) >= 2 else None
 
 
+def bed_position(bed: str) -> tuple[int, str]:
+    """BED_ORDER's order, a bed's first-run rows right after its rerun ones, unknown beds last."""
+    base = bed.removesuffix(FIRST_RUN)
+    return (BED_ORDER.index(base) if base in BED_ORDER else len(BED_ORDER), bed)
+
+
 def lead_rows(table: Cells, metrics: dict[str, str]) -> list[Row]:
     rows = []
-    for bed in sorted(metrics, key=lambda b: (BED_ORDER.index(b) if b in BED_ORDER else len(BED_ORDER), b)):
+    for bed in sorted(metrics, key=bed_position):
         metric = metrics[bed]
         lora_lr = tuned_lr(table, bed, "lora", metric)
         if lora_lr is None:

@@ -98,28 +98,36 @@ def test_the_readme_form_shows_senslora_alone_with_verdicts_corrected_over_every
     assert "the 2 comparisons" in readme  # the family is the whole table, not the rows shown
 
 
-def test_a_bed_rerun_on_test_replaces_every_run_of_that_bed_and_no_other(lead, tmp_path):
+def test_a_rerun_replaces_the_methods_it_reran_and_keeps_the_others_against_the_first_runs_lora(lead, tmp_path):
     first, rerun = tmp_path / "evidence", tmp_path / "evidence-reruns"
     first.mkdir()
     rerun.mkdir()
     old, new = [], []
     for seed in range(3):
-        # The first run (validation only): senslora far ahead; the other bed is left as it is.
+        # The first run (validation only): senslora far ahead, adalora 0.05 behind; the other bed untouched.
         old.append(_result("bed", "lora", 1e-3, seed, 0.70))
-        old.append(_result("bed", "senslora", 1e-3, seed, 0.90))
         old.append(_result("bed", "lora", 4e-3, seed, 0.60))  # an lr the rerun did not sweep
+        old.append(_result("bed", "senslora", 1e-3, seed, 0.90))
+        old.append(_result("bed", "adalora", 5e-3, seed, 0.65))
+        old.append(_result("bed", "inverse", 1e-3, seed, 0.10, control="inverse"))
         old.append(_result("other", "lora", 1e-3, seed, 0.50))
         old.append(_result("other", "senslora", 1e-3, seed, 0.52))
-        # The rerun: new splits, test metrics; senslora behind by 0.01, 0.02, 0.03 on test.
+        # The rerun: new splits, test metrics; senslora behind by 0.01, 0.02, 0.03 on test; its inverse level.
         new.append(_result("bed", "lora", 1e-3, seed, 0.80, test=0.80))
         new.append(_result("bed", "senslora", 1e-3, seed, 0.80, test=0.79 - 0.01 * seed))
+        new.append(_result("bed", "inverse", 1e-3, seed, 0.80, test=0.79 - 0.01 * seed, control="inverse"))
     _write(first, old)
     _write(rerun, new)
     assert lead.main(["--results-dir", str(first), "--no-docs"]) == 0
-    text = (first / "lead.md").read_text()
-    (bed_row,) = [line for line in text.splitlines() if line.startswith("| bed (")]
-    (other_row,) = [line for line in text.splitlines() if line.startswith("| other (")]
-    assert "| test | -2.00 pt |" in bed_row and "0/3" in bed_row  # the old +20 points are gone
-    assert "| validation | +2.00 pt |" in other_row
+    lines = (first / "lead.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith(("| bed", "| other"))][1:]  # past the header
+    beds = ["| bed (accuracy)", "| bed, first run (accuracy)", "| other (accuracy)"]
+    assert [row.split(" | ")[0] for row in rows] == beds
+    bed, first_run, other = rows
+    assert "senslora" in bed and "| test | -2.00 pt |" in bed and "0/3" in bed  # the old +20 points are gone
+    assert "inverse: level" in bed  # the rerun's control (0.0 difference), not the first run's (+80 points)
+    assert "adalora (lr 0.005; LoRA 0.001)" in first_run and "| validation | -5.00 pt |" in first_run
+    assert "| validation | +2.00 pt |" in other
     merged = lead.cells(lead.with_reruns(lead.load(first), lead.load(rerun)))
-    assert ("bed", "lora", 4e-3) not in merged and ("other", "lora", 1e-3) in merged
+    assert ("bed", "lora", 4e-3) not in merged and ("bed, first run", "lora", 4e-3) in merged
+    assert ("bed, first run", "senslora", 1e-3) not in merged and ("bed, first run", "inverse", 1e-3) not in merged
