@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument(
-        "--reruns-dir", type=Path, help="beds rerun whole, each replacing that bed (default: evidence-reruns beside)"
+        "--reruns-dir", type=Path, help="beds rerun on the test split (default: evidence-reruns beside --results-dir)"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite the tables in README/BENCHMARKS")
     args = parser.parse_args(argv)
