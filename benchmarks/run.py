@@ -4,6 +4,8 @@
     python benchmarks/run.py --profile full --only lora # a subset of the full grid
     python benchmarks/run.py --profile full --jobs 2    # two experiments at a time, threads split between them
     python benchmarks/run.py --profile evidence --jobs 2 --only minilm-r1 --only head-only  # test beds
+    python benchmarks/run.py --profile evidence --only evidence-minilm-lora \
+        --results-dir benchmarks/results/evidence-reruns  # an earlier bed rerun on the test split
 
 A rerun skips experiments whose results file exists. Each worker calls `senslora.finetune.pipeline.finetune` (the
 library's own pipeline) in a temporary run directory and records configuration, package versions,
